@@ -1,0 +1,185 @@
+"""``adaptbench`` command line. User errors print one line and exit 2; interrupts print how to resume."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.errors import AdaptbenchError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in (
+        "transformers",
+        "datasets",
+        "evaluate",
+        "sentence_transformers",
+        "peft",
+        "trl",
+        "accelerate",
+        "bitsandbytes",
+    ):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - both are hard dependencies
+        pass
+
+
+def user_errors(fn):
+    """Turn AdaptbenchError into one line on stderr and a non-zero exit; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AdaptbenchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Show library logs.")
+def main(verbose: bool) -> None:
+    """Benchmark prompt engineering, RAG and QLoRA on your own data, and decide."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("adaptbench").setLevel(logging.INFO)
+    if not verbose:
+        _quiet_libraries()
+
+
+def _overrides(model: str | None, limit: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if model:
+        out["model.id"] = model
+    if limit is not None:
+        out["eval_set.limit"] = limit
+    return out
+
+
+def _load(config: str, model: str | None, limit: int | None, strategies: str | None):
+    from harness.config import load_config, select_strategies
+
+    cfg = load_config(config, _overrides(model, limit))
+    if strategies:
+        cfg = select_strategies(cfg, [s.strip() for s in strategies.split(",") if s.strip()])
+    return cfg
+
+
+def print_summary(scores: dict[str, Any], run_dir: Path) -> None:
+    metrics = scores["metrics"]
+    header = (
+        f"{'strategy':<18}"
+        + "".join(f"{m:>14}" for m in metrics)
+        + f"{'p50 ms':>10}{'p95 ms':>10}{'tok/s':>9}"
+    )
+    click.echo("\n" + header)
+    click.echo("-" * len(header))
+    for sid, s in scores["strategies"].items():
+        lat = s.get("latency", {})
+        row = f"{sid:<18}" + "".join(f"{100 * s['metrics'][m]:>13.1f}%" for m in metrics)
+        row += f"{lat.get('latency_p50_ms', 0):>10.0f}{lat.get('latency_p95_ms', 0):>10.0f}{lat.get('tokens_per_s', 0):>9.1f}"
+        click.echo(row)
+    click.echo(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--model", help="Model id (HF hub) or local path; overrides model.id.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N examples of the split.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (re-using one resumes it).")
+@click.option("--strategies", help="Comma-separated strategy ids or names to run, e.g. prompt,rag.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@user_errors
+def run(
+    config: str,
+    model: str | None,
+    limit: int | None,
+    out: str | None,
+    strategies: str | None,
+    no_progress: bool,
+) -> None:
+    """Run every configured strategy on the eval set and write a run folder."""
+    from harness.runner import run as run_harness
+
+    cfg = _load(config, model, limit, strategies)
+    run_dir = Path(out).resolve() if out else None
+    try:
+        result = run_harness(cfg, config_path=Path(config), run_dir=run_dir, progress=not no_progress)
+    except KeyboardInterrupt:
+        where = run_dir or cfg.output_dir
+        click.echo(
+            f"\ninterrupted; finished batches are saved. Resume with: adaptbench run {config} --out <run folder in {where}>",
+            err=True,
+        )
+        sys.exit(130)
+    print_summary(result.scores, result.run_dir)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@user_errors
+def validate(config: str) -> None:
+    """Check a config, its strategies' params and its eval set without loading a model."""
+    from harness.data import load_eval_set
+    from harness.runner import build_strategies
+
+    cfg = _load(config, None, None, None)
+    eval_set = load_eval_set(cfg.eval_set.path)
+    split = eval_set.split(cfg.eval_set.split)
+    build_strategies(cfg, config)
+    sizes = ", ".join(f"{k}={len(v)}" for k, v in eval_set.splits.items())
+    click.echo(
+        f"ok: {config}: eval set {eval_set.name} ({sizes}; {len(eval_set.documents)} KB documents, "
+        f"{len(eval_set.kb_updates)} updates); evaluating {len(split)} examples of {cfg.eval_set.split!r} "
+        f"with strategies {', '.join(s.key for s in cfg.strategies)}"
+    )
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@user_errors
+def report(run_dir: str) -> None:
+    """Re-render the report of a finished run folder (no model, no re-run)."""
+    from harness.report import write_report
+    from harness.rundir import read_json
+
+    path = Path(run_dir)
+    if not (path / "scores.json").is_file():
+        raise AdaptbenchError(
+            f"{path}: no scores.json; finish the run first (adaptbench run CONFIG --out {path})"
+        )
+    out = write_report(path)
+    print_summary(read_json(path / "scores.json"), path)
+    click.echo(f"wrote {out}")
+
+
+@main.command("strategies")
+def list_strategies() -> None:
+    """List the registered strategies."""
+    from strategies import registry
+
+    for name in registry.available():
+        cls = registry.get(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name:<14} {doc}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

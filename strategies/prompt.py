@@ -1,0 +1,75 @@
+"""Prompt engineering: zero-shot or few-shot, system prompt and Jinja2 user template configurable."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import jinja2
+from pydantic import Field, field_validator
+
+from harness.errors import ConfigError
+from harness.generation import Prompt
+from strategies.base import Params, RunContext, Strategy
+from strategies.registry import register
+from strategies.templates import load_template
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a customer-support assistant. Answer the customer's question in one short, factual sentence."
+)
+
+
+class PromptParams(Params):
+    shots: int = Field(0, ge=0, le=32, description="few-shot examples drawn from `example_split`")
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    template: str | None = Field(
+        None, description="Jinja2 user-message template (file .j2 or inline); gets `question`"
+    )
+    example_split: str = "train"
+
+    @field_validator("template")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                load_template(value, "question.j2")
+            except jinja2.TemplateError as exc:
+                raise ValueError(f"template does not compile: {exc}") from None
+        return value
+
+
+@register
+class PromptStrategy(Strategy):
+    name = "prompt"
+    Params = PromptParams
+    params: PromptParams
+
+    def prepare(self, ctx: RunContext) -> None:
+        super().prepare(ctx)
+        self.template = load_template(self.params.template, "question.j2")
+        self.shots: list[dict[str, Any]] = []
+        if self.params.shots:
+            pool = ctx.eval_set.splits.get(self.params.example_split)
+            if pool is None or len(pool) < self.params.shots:
+                have = 0 if pool is None else len(pool)
+                raise ConfigError(
+                    f"strategy {self.id!r}: shots={self.params.shots} needs that many examples in split "
+                    f"{self.params.example_split!r} (it has {have})"
+                )
+            # Deterministic by seed, and the same demonstrations for every question (fair comparison).
+            idx = sorted(random.Random(ctx.seed).sample(range(len(pool)), self.params.shots))
+            self.shots = [pool[i] for i in idx]
+        self.cost["notes"] = [f"{self.params.shots}-shot prompt"]
+
+    def user_message(self, example: dict[str, Any]) -> str:
+        return self.template.render(question=example["question"], example=example).strip()
+
+    def build_prompt(self, example: dict[str, Any]) -> tuple[Prompt, dict[str, Any]]:
+        prompt: Prompt = []
+        if self.params.system_prompt:
+            prompt.append({"role": "system", "content": self.params.system_prompt})
+        for shot in self.shots:
+            prompt.append({"role": "user", "content": self.user_message(shot)})
+            prompt.append({"role": "assistant", "content": shot["answer"]})
+        prompt.append({"role": "user", "content": self.user_message(example)})
+        return prompt, {"shot_ids": [s["id"] for s in self.shots]} if self.shots else {}
