@@ -1,0 +1,70 @@
+"""The `rag` strategy end to end with the tiny model: run folder, manifest cost, per-example extras."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.rundir import load_predictions
+from strategies import registry
+
+
+def test_rag_is_registered_with_retrieval_params():
+    cls = registry.get("rag")
+    params = cls.Params()
+    assert cls.name == "rag" and params.index == "flat" and params.chunk_tokens == 128 and params.top_k == 4
+    assert params.system_prompt and "context" in params.system_prompt.lower()
+
+
+def test_rag_run_records_retrieval_cost_extras_and_metrics(write_config, tmp_path):
+    cfg = write_config(
+        strategies=[{"name": "prompt", "id": "closed_book"}, {"name": "rag", "id": "rag", "top_k": 2}]
+    )
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    cost = manifest["strategies"]["rag"]["cost"]
+    assert cost["index"]["type"] == "flat" and cost["embedding_model"] == "all-MiniLM-L6-v2"
+    assert cost["cache"] == "miss" and cost["n_chunks"] == 5 and cost["index_bytes"] > 5 * 384 * 4
+    assert cost["index_build_seconds"] > 0
+    assert cost["kb_updates"]["replaced_docs"] == ["returns"] and cost["kb_updates"]["applied"] == 1
+
+    preds = {
+        p["example_id"]: p for p in load_predictions(out / "predictions.jsonl") if p["strategy"] == "rag"
+    }
+    assert len(preds) == 6
+    battery = preds["te-1"]["extra"]
+    assert [r["doc_id"] for r in battery["retrieved"]][0] == "battery" and len(battery["retrieved"]) == 2
+    assert battery["retrieved"][0]["score"] >= battery["retrieved"][1]["score"]
+    assert battery["metrics"]["recall@2"] == 1.0 and battery["metrics"]["mrr"] == 1.0
+    assert 0.0 <= battery["metrics"]["faithfulness"] <= 1.0
+    updated = preds["te-6"]["extra"]
+    assert updated["retrieved"][0]["doc_id"] == "returns"
+
+    scores = json.loads((out / "scores.json").read_text())
+    sm = scores["strategies"]["rag"]["strategy_metrics"]
+    assert set(sm) == {"recall@2", "mrr", "faithfulness"} and sm["recall@2"] >= 0.9
+    assert scores["strategies"]["closed_book"]["strategy_metrics"] == {}
+
+    # Second run, new folder: the index comes from the cache.
+    out2 = tmp_path / "run2"
+    res = CliRunner().invoke(
+        main, ["run", str(cfg), "--out", str(out2), "--strategies", "rag", "--no-progress"]
+    )
+    assert res.exit_code == 0, res.output
+    cost2 = json.loads((out2 / "manifest.json").read_text())["strategies"]["rag"]["cost"]
+    assert cost2["cache"] == "hit" and cost2["cache_key"] == cost["cache_key"]
+
+
+def test_rag_config_errors_are_one_line(write_config, tmp_path):
+    cfg = write_config(strategies=[{"name": "rag", "chunk_tokens": 32, "chunk_overlap": 40}])
+    res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "x"), "--no-progress"])
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0 and "strategies[0]: chunk_overlap (40)" in res.output
+    cfg = write_config(strategies=[{"name": "rag", "template": "{{ question "}], name="bad.yaml")
+    res = CliRunner().invoke(main, ["validate", str(cfg)])
+    assert res.exit_code == 2 and "strategies[0].template: template does not compile" in res.output
