@@ -84,18 +84,29 @@ def _load(config: str, model: str | None, limit: int | None, strategies: str | N
 
 def print_summary(scores: dict[str, Any], run_dir: Path) -> None:
     metrics = scores["metrics"]
+    short = {"semantic_similarity": "semantic", "style_adherence": "style", "answer_recall": "recall"}
+    names = [short.get(m, m) for m in metrics]
+    widths = [max(9, len(n) + 2) for n in names]
     header = (
         f"{'strategy':<18}"
-        + "".join(f"{m:>14}" for m in metrics)
+        + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
         + f"{'p50 ms':>10}{'p95 ms':>10}{'tok/s':>9}"
     )
     click.echo("\n" + header)
     click.echo("-" * len(header))
     for sid, s in scores["strategies"].items():
         lat = s.get("latency", {})
-        row = f"{sid:<18}" + "".join(f"{100 * s['metrics'][m]:>13.1f}%" for m in metrics)
+        row = f"{sid:<18}" + "".join(
+            f"{100 * v:>{w - 1}.1f}%" if (v := s["metrics"].get(m)) is not None else f"{'n/a':>{w}}"
+            for m, w in zip(metrics, widths, strict=True)
+        )
         row += f"{lat.get('latency_p50_ms', 0):>10.0f}{lat.get('latency_p95_ms', 0):>10.0f}{lat.get('tokens_per_s', 0):>9.1f}"
         click.echo(row)
+    decision_file = run_dir / "decision.json"
+    if decision_file.is_file():
+        from harness.rundir import read_json
+
+        click.echo("\n" + read_json(decision_file).get("headline", ""))
     click.echo(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
 
 

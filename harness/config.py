@@ -64,7 +64,117 @@ class StrategySpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-KNOWN_METRICS = ("exact_match", "token_f1", "rouge_l", "answer_recall")
+KNOWN_METRICS = (
+    "exact_match",
+    "token_f1",
+    "rouge_l",
+    "answer_recall",
+    "semantic_similarity",
+    "coherence",
+    "style_adherence",
+)
+
+DEFAULT_JUDGE_PROMPT = (
+    "You grade a customer-support answer.\n"
+    "Question: {question}\nReference answer: {reference}\nCandidate answer: {answer}\n"
+    "Rate the candidate from 1 (wrong or incoherent) to 5 (correct, clear and consistent with the "
+    "reference). Reply with the digit only."
+)
+
+
+class JudgeConfig(StrictModel):
+    """Optional LLM-as-judge rubric score (off by default; slow). Recorded with its prompt."""
+
+    enabled: bool = False
+    model: str | None = Field(
+        None, description="local model id/path; null = the run's base model, adapters off"
+    )
+    prompt: str = Field(
+        DEFAULT_JUDGE_PROMPT, description="format string with {question}, {reference}, {answer}"
+    )
+    max_new_tokens: int = Field(4, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+    @field_validator("prompt")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        missing = [k for k in ("{question}", "{answer}") if k not in value]
+        if missing:
+            raise ValueError(f"prompt must contain {' and '.join(missing)}")
+        try:
+            value.format(question="", reference="", answer="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"prompt is not a valid format string ({exc}); double literal braces {{{{ }}}}"
+            ) from None
+        return value
+
+
+class ScoringConfig(StrictModel):
+    """Options of the model-based metrics (semantic similarity, coherence, style adherence, judge)."""
+
+    embedding_model: str | None = Field(
+        None, description="sentence-transformers id/path; null = offline MiniLM"
+    )
+    style_tag: str = Field("style", description="examples with this tag get a style_adherence score")
+    perplexity_batch_size: int = Field(8, gt=0)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+
+class DecisionConfig(StrictModel):
+    """How the report turns measurements into a recommendation (see docs/decision.md)."""
+
+    constraints: list[str] = Field(
+        default_factory=list, description='hard limits, e.g. "latency_p95_ms <= 800", "peak_memory_gb <= 16"'
+    )
+    weights: dict[str, float] | None = Field(
+        None, description="weights over measures; null = primary metric 0.5, semantic_similarity 0.2, ..."
+    )
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    confidence_level: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
+    permutation_resamples: int = Field(5000, ge=100, le=1_000_000)
+    price_per_hour_usd: float | None = Field(
+        None, ge=0.0, description="hardware price; null = 0.10 on CPU, 2.50 on GPU"
+    )
+    amortize_queries: int = Field(100_000, gt=0, description="queries over which setup cost is spread")
+    disagree_threshold: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="explorer: best minus worst primary score that counts as disagreement",
+    )
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        from harness.measures import CONSTRAINT_PATTERN, is_known, known_names
+
+        for i, text in enumerate(value):
+            m = CONSTRAINT_PATTERN.match(text)
+            if not m:
+                raise ValueError(
+                    f"[{i}] {text!r}: write '<measure> <= <number>' (or >=, <, >), e.g. 'latency_p95_ms <= 800'"
+                )
+            if not is_known(m["name"]):
+                raise ValueError(f"[{i}] unknown measure {m['name']!r} (known: {', '.join(known_names())})")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        from harness.measures import is_known, known_names
+
+        if value is None:
+            return value
+        for name, w in value.items():
+            if not is_known(name):
+                raise ValueError(f"unknown measure {name!r} (known: {', '.join(known_names())})")
+            if w < 0:
+                raise ValueError(f"weight of {name!r} must be >= 0")
+        if not any(w > 0 for w in value.values()):
+            raise ValueError("at least one weight must be > 0")
+        return value
 
 
 class RunConfig(StrictModel):
@@ -75,6 +185,8 @@ class RunConfig(StrictModel):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     metrics: list[str] = Field(default_factory=lambda: list(KNOWN_METRICS))
     primary_metric: str = "token_f1"
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
     seed: int = 0
     output_dir: Path = Path("reports")
     cache_dir: Path | None = Field(None, description="defaults to $ADAPTBENCH_CACHE or ~/.cache/adaptbench")

@@ -27,7 +27,7 @@ from harness.generation import TransformersBackend
 from harness.manifest import hardware, now_iso, package_versions
 from harness.models import cache_root, load_model
 from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, read_json
-from harness.scoring import score_strategy
+from harness.scoring import ScoringContext, score_strategy
 from strategies import registry
 from strategies.base import RunContext, Strategy
 
@@ -211,7 +211,7 @@ def run(
         if on_strategy_done:
             on_strategy_done(strategy.id, cost)
 
-    scores = compute_scores(run_dir, config, manifest, [s.id for s in strategies])
+    scores = compute_scores(run_dir, config, manifest, [s.id for s in strategies], backend=backend)
     manifest["status"] = "complete"
     manifest["finished"] = now_iso()
     atomic_write_json(run_dir / "manifest.json", manifest)
@@ -219,8 +219,30 @@ def run(
     return RunResult(run_dir=run_dir, scores=scores)
 
 
+def scoring_context(config: RunConfig, backend: TransformersBackend | None) -> ScoringContext:
+    """Model-based metric inputs: the run's base model scores answer perplexity (adapters off)."""
+    from harness.perplexity import answer_perplexities, vocab_size
+
+    sc = config.scoring
+    ctx = ScoringContext(embedding_model=sc.embedding_model, style_tag=sc.style_tag)
+    if backend is not None and "coherence" in config.metrics:
+        ctx.perplexity = lambda questions, answers: answer_perplexities(
+            backend, questions, answers, batch_size=sc.perplexity_batch_size
+        )
+        ctx.vocab_size = vocab_size(backend)
+    if sc.judge.enabled:
+        from harness.judge import Judge
+
+        ctx.judge = Judge(sc.judge, config, backend).score
+    return ctx
+
+
 def compute_scores(
-    run_dir: Path, config: RunConfig, manifest: dict[str, Any], order: list[str]
+    run_dir: Path,
+    config: RunConfig,
+    manifest: dict[str, Any],
+    order: list[str],
+    backend: TransformersBackend | None = None,
 ) -> dict[str, Any]:
     preds = PredictionLog(run_dir / "predictions.jsonl")
     result: dict[str, Any] = {
@@ -228,8 +250,11 @@ def compute_scores(
         "metrics": config.metrics,
         "strategies": {},
     }
+    ctx = scoring_context(config, backend)
+    if config.scoring.judge.enabled:
+        result["judge"] = config.scoring.judge.model_dump()
     for sid in order:
-        scored = score_strategy(config.metrics, preds.for_strategy(sid))
+        scored = score_strategy(config.metrics, preds.for_strategy(sid), ctx)
         scored["name"] = manifest["strategies"].get(sid, {}).get("name")
         scored["cost"] = manifest["strategies"].get(sid, {}).get("cost", {})
         result["strategies"][sid] = scored

@@ -1,0 +1,139 @@
+"""Names, directions and units of everything the decision engine can constrain, weight and chart.
+
+Kept free of heavy imports: ``harness.config`` validates ``decision.constraints`` / ``weights`` against it.
+
+Kinds:
+* ``mean``: mean over examples of a per-example value (quality metrics, serving cost);
+* ``percentile``: a percentile of per-example latency;
+* ``ratio``: generated tokens / generation seconds over the (resampled) examples;
+* ``const``: one measured number per strategy (training time, memory, sizes on disk).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    label: str
+    unit: str  # "" for [0, 1] scores shown as percentages
+    higher_is_better: bool
+    kind: Literal["mean", "percentile", "ratio", "const"]
+    group: Literal["quality", "latency", "cost"]
+    floor: float = 0.0  # for cost-type utilities: values below this count as this (no divide-by-zero)
+    percentile: float | None = None
+    description: str = ""
+
+
+QUALITY_METRICS = {
+    "exact_match": "Exact match",
+    "token_f1": "Token F1",
+    "rouge_l": "ROUGE-L",
+    "answer_recall": "Answer recall",
+    "semantic_similarity": "Semantic similarity",
+    "coherence": "Coherence",
+    "style_adherence": "Style adherence",
+    "faithfulness": "Faithfulness",
+    "judge_score": "LLM-judge score",
+    "mrr": "Retrieval MRR",
+}
+
+MEASURES: dict[str, Measure] = {
+    name: Measure(name, label, "", True, "mean", "quality") for name, label in QUALITY_METRICS.items()
+}
+MEASURES.update(
+    {
+        "latency_mean_ms": Measure("latency_mean_ms", "Mean latency", "ms", False, "mean", "latency", 1.0),
+        "latency_p50_ms": Measure(
+            "latency_p50_ms", "p50 latency", "ms", False, "percentile", "latency", 1.0, 50
+        ),
+        "latency_p95_ms": Measure(
+            "latency_p95_ms", "p95 latency", "ms", False, "percentile", "latency", 1.0, 95
+        ),
+        "latency_p99_ms": Measure(
+            "latency_p99_ms", "p99 latency", "ms", False, "percentile", "latency", 1.0, 99
+        ),
+        "tokens_per_s": Measure("tokens_per_s", "Throughput", "tok/s", True, "ratio", "latency"),
+        "batch_seconds": Measure("batch_seconds", "Time per batch", "s", False, "const", "latency", 0.001),
+        "serving_cost_per_1k_usd": Measure(
+            "serving_cost_per_1k_usd",
+            "Serving cost / 1k queries",
+            "USD",
+            False,
+            "mean",
+            "cost",
+            0.0001,
+            description="measured seconds per query x 1,000 x hardware price per hour / 3,600",
+        ),
+        "total_cost_per_1k_usd": Measure(
+            "total_cost_per_1k_usd",
+            "Total cost / 1k queries",
+            "USD",
+            False,
+            "mean",
+            "cost",
+            0.0001,
+            description="serving cost plus one-off setup (training + index build) amortised over decision.amortize_queries",
+        ),
+        "train_time_min": Measure("train_time_min", "Training time", "min", False, "const", "cost", 1.0),
+        "index_build_time_min": Measure(
+            "index_build_time_min", "Index build time", "min", False, "const", "cost", 1.0
+        ),
+        "setup_time_min": Measure(
+            "setup_time_min",
+            "Setup time",
+            "min",
+            False,
+            "const",
+            "cost",
+            1.0,
+            description="wall time of the strategy's prepare step (training, indexing, loading)",
+        ),
+        "peak_memory_gb": Measure("peak_memory_gb", "Peak memory", "GB", False, "const", "cost", 0.5),
+        "adapter_mb": Measure("adapter_mb", "Adapter on disk", "MB", False, "const", "cost", 1.0),
+        "index_mb": Measure("index_mb", "Index on disk", "MB", False, "const", "cost", 1.0),
+        "disk_mb": Measure("disk_mb", "Artefacts on disk", "MB", False, "const", "cost", 1.0),
+    }
+)
+
+# Strategy-reported per-example metrics (``extra["metrics"]``) such as recall@5 are higher-is-better scores.
+STRATEGY_METRIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(@\d+)?$")
+
+
+def measure(name: str) -> Measure:
+    """The measure for ``name``; unknown strategy-reported metrics are higher-is-better mean scores."""
+    if name in MEASURES:
+        return MEASURES[name]
+    return Measure(name, name, "", True, "mean", "quality")
+
+
+def is_known(name: str) -> bool:
+    return name in MEASURES or bool(STRATEGY_METRIC_PATTERN.match(name) and "@" in name)
+
+
+CONSTRAINT_PATTERN = re.compile(
+    r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_@]*)\s*(?P<op><=|>=|<|>)\s*(?P<value>[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$"
+)
+
+
+def format_value(name: str, value: float | None, digits: int | None = None) -> str:
+    """Human text for a measure value: percentages for scores, units otherwise."""
+    if value is None or value != value:  # NaN
+        return "n/a"
+    m = measure(name)
+    if m.unit == "":
+        return f"{100 * value:.{1 if digits is None else digits}f}%"
+    if m.unit == "USD":
+        return f"${value:.{4 if digits is None else digits}f}"
+    if m.unit == "ms":
+        return f"{value:,.{0 if digits is None else digits}f} ms"
+    return f"{value:,.{(2 if abs(value) < 10 else 1) if digits is None else digits}f} {m.unit}"
+
+
+def known_names() -> list[str]:
+    """Names accepted in ``decision.constraints`` / ``weights`` (plus strategy metrics like ``recall@5``)."""
+    return [*MEASURES, "recall@<k>"]

@@ -1,0 +1,48 @@
+"""Embedding helpers shared by the model-based metrics (semantic similarity, coherence, style).
+
+Embeddings come from ``harness.embeddings.load_embedder`` (default: the offline all-MiniLM-L6-v2
+package), L2-normalised, so a dot product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def embed(texts: list[str], model: str | None = None, batch_size: int = 64) -> np.ndarray:
+    """Unit-norm embeddings, one row per text (empty strings embed as themselves)."""
+    from harness.embeddings import load_embedder
+
+    if not texts:
+        return np.zeros((0, 1), dtype=np.float32)
+    enc = load_embedder(model)
+    vecs = enc.encode(
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+        convert_to_numpy=True,
+    )
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def pair_cosine(a: list[str], b: list[str], model: str | None = None) -> list[float]:
+    """Cosine similarity of ``a[i]`` and ``b[i]``, clipped to [0, 1]; 0 when either text is empty."""
+    if not a:
+        return []
+    emb = embed(list(a) + list(b), model)
+    ea, eb = emb[: len(a)], emb[len(a) :]
+    cos = np.clip(np.sum(ea * eb, axis=1), 0.0, 1.0)
+    return [float(c) if x.strip() and y.strip() else 0.0 for c, x, y in zip(cos, a, b, strict=True)]
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences by terminal punctuation (. ! ?) followed by whitespace, or by line breaks."""
+    parts: list[str] = []
+    for line in text.splitlines():
+        parts.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
+    return parts

@@ -1,0 +1,122 @@
+"""Model-based metrics: semantic similarity, coherence (perplexity + consistency), style adherence, judge."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness.config import JudgeConfig
+from harness.judge import parse_grade
+from harness.metrics.coherence.coherence import fluency, repetition
+from harness.scoring import ScoringContext, load_metric, score_strategy
+
+
+def test_semantic_similarity_prefers_paraphrase_over_unrelated():
+    out = load_metric("semantic_similarity").compute(
+        predictions=["You can send it back within 60 days.", "The sky is blue.", ""],
+        references=["Returns are accepted for 60 days."] * 3,
+    )
+    para, unrelated, empty = out["scores"]
+    assert para > 0.5 > unrelated and empty == 0.0
+    assert all(0.0 <= s <= 1.0 for s in out["scores"])
+
+
+def test_coherence_components():
+    assert fluency(1.0, 49152) == 1.0 and fluency(49152, 49152) == pytest.approx(0.0)
+    assert fluency(None, 100) == 0.0
+    assert repetition("a b c a b c a b c") > 0.5 and repetition("one two three four") == 0.0
+    out = load_metric("coherence").compute(
+        predictions=[
+            "The battery lasts three years. It is covered by the warranty.",
+            "The Stratus has a 540 Wh battery. I love pizza and football.",
+            "The battery lasts long. The battery lasts long.",
+            "",
+        ],
+        perplexities=[10.0, 10.0, 10.0, None],
+        vocab_size=49152,
+    )
+    on_topic, drift, repeat, empty = out["scores"]
+    assert on_topic > drift and on_topic > repeat and empty == 0.0
+    assert out["consistency"][:3] == [1.0, 0.0, 0.0]
+    assert out["fluency"][0] == pytest.approx(1 - math.log(10) / math.log(49152))
+
+
+def test_style_adherence_derives_house_markers_from_references():
+    refs = [
+        "Hi there! Phone support is open Monday to Friday. — Care Team",
+        "Hi there! Returns are free within 60 days. — Care Team",
+        "Hi there! The charger is included. — Care Team",
+    ]
+    out = load_metric("style_adherence").compute(
+        predictions=[
+            "Hi there! Phone support runs on weekdays. — Care Team",
+            "Phone support runs on weekdays.",
+            "Hi there! Yes, a charger comes in the box. — Care Team",
+        ],
+        references=refs,
+    )
+    assert out["markers"] == {"opening": "hi there", "closing": "care team"}
+    on_style, off_style, on_style2 = out["scores"]
+    assert on_style > off_style and on_style2 > off_style
+    assert out["checks"][1] == {"opening": False, "closing": False, "length": True}
+
+
+def _rec(eid, pred, ref, tags, latency=0.1):
+    return {
+        "example_id": eid,
+        "question": "Q?",
+        "prediction": pred,
+        "reference": ref,
+        "tags": tags,
+        "latency_s": latency,
+        "batch_seconds": latency * 2,
+        "new_tokens": 3,
+    }
+
+
+def test_score_strategy_model_metrics_apply_per_tag():
+    recs = [
+        _rec(
+            "a",
+            "Hi there! We are open daily. — Care Team",
+            "Hi there! Open every day. — Care Team",
+            ["style"],
+        ),
+        _rec("b", "540 Wh", "540 Wh.", ["knowledge"]),
+        _rec("c", "Hi there! Sorry. — Care Team", "Hi there! Returns: 60 days. — Care Team", ["style"]),
+    ]
+    ctx = ScoringContext(perplexity=lambda qs, ans: [5.0] * len(ans), vocab_size=1000)
+    out = score_strategy(["token_f1", "semantic_similarity", "coherence", "style_adherence"], recs, ctx)
+    per = out["per_example"]
+    assert per["b"]["style_adherence"] is None and per["a"]["style_adherence"] is not None
+    assert out["metrics"]["style_adherence"] == pytest.approx(
+        (per["a"]["style_adherence"] + per["c"]["style_adherence"]) / 2
+    )
+    assert per["b"]["perplexity"] == 5.0 and 0 < per["b"]["coherence"] <= 1
+    assert "style_adherence" not in out["by_tag"]["knowledge"]
+    assert out["latency"]["batches"] == 1 and out["latency"]["batch_seconds_mean"] == pytest.approx(0.2)
+
+
+def test_judge_grade_parsing_and_prompt_validation():
+    assert parse_grade("4") == 0.75 and parse_grade("Score: 1/5") == 0.0 and parse_grade("great") is None
+    with pytest.raises(ValueError, match="answer"):
+        JudgeConfig(prompt="Rate {question}")
+
+
+@pytest.mark.slow
+def test_answer_perplexity_under_tiny_model(tiny_model_dir):
+    from harness.config import ModelConfig
+    from harness.generation import TransformersBackend
+    from harness.models import load_model
+    from harness.perplexity import answer_perplexities
+
+    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tiny_model_dir))
+    qs = ["How long is the warranty?", "Until when is chat open?", "Q"]
+    answers = ["3 years or 15,000 km.", "Every day until 22:00 CET, including weekends and holidays.", ""]
+    batched = answer_perplexities(backend, qs, answers, batch_size=2)
+    single = [answer_perplexities(backend, [q], [a])[0] for q, a in zip(qs, answers, strict=True)]
+    assert batched[2] is None and single[2] is None
+    # Right-padded batching gives the same numbers as one-by-one scoring.
+    assert batched[:2] == [pytest.approx(v, rel=1e-4) for v in single[:2]]
+    assert all(1.0 < v < 10_000 for v in batched[:2])
