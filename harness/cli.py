@@ -106,7 +106,8 @@ def print_summary(scores: dict[str, Any], run_dir: Path) -> None:
     if decision_file.is_file():
         from harness.rundir import read_json
 
-        click.echo("\n" + read_json(decision_file).get("headline", ""))
+        rec = read_json(decision_file)
+        click.echo("\n" + rec.get("headline", "") + "\n" + (rec.get("decision") or {}).get("detail", ""))
     click.echo(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
 
 

@@ -1,15 +1,61 @@
-"""Render ``report.html`` from a run folder alone (so ``adaptbench report RUN_DIR`` needs no model)."""
+"""Render a run folder into ``report.html`` (self-contained), ``summary.md``, ``scores.csv`` and
+``decision.json``, from the folder's files alone (so ``adaptbench report RUN_DIR`` needs no model).
+
+Untrusted text (questions, answers, references, KB ids, strategy ids, tags) only reaches HTML through
+Jinja2 autoescaping or ``markupsafe.escape`` (charts); the page also carries a Content-Security-Policy
+that forbids scripts and network access, as a second line of defence.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
+import pandas as pd
 
-from harness.rundir import atomic_write_text, load_predictions, read_json
+from harness import charts
+from harness.analysis import SKIP_PER_EXAMPLE, Analysis, analyze
+from harness.decision import Decision, decide, parse_constraint
+from harness.measures import MEASURES, format_value, measure
+from harness.rundir import atomic_write_json, atomic_write_text
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+TABLE_ROWS = {
+    "Latency and throughput": [
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+        "tokens_per_s",
+        "batch_seconds",
+    ],
+    "Cost": [
+        "serving_cost_per_1k_usd",
+        "total_cost_per_1k_usd",
+        "train_time_min",
+        "index_build_time_min",
+        "setup_time_min",
+        "peak_memory_gb",
+        "adapter_mb",
+        "index_mb",
+    ],
+}
+EXPLORER_SCORES = ("semantic_similarity", "coherence", "style_adherence", "faithfulness", "judge_score")
+SHORT = {
+    "token_f1": "F1",
+    "exact_match": "EM",
+    "rouge_l": "ROUGE-L",
+    "answer_recall": "recall",
+    "semantic_similarity": "similarity",
+    "coherence": "coherence",
+    "style_adherence": "style",
+    "faithfulness": "faithful",
+    "judge_score": "judge",
+}
 
 
 def html_env() -> jinja2.Environment:
@@ -18,40 +64,439 @@ def html_env() -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default=True),
         undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
     env.filters["num"] = lambda v, d=1: "–" if v is None else f"{v:,.{d}f}"
+    env.filters["fmt"] = lambda v, name: format_value(name, v)
     return env
 
 
-def load_run(run_dir: Path) -> dict[str, Any]:
-    scores = read_json(run_dir / "scores.json")
-    manifest = read_json(run_dir / "manifest.json")
-    predictions = load_predictions(run_dir / "predictions.jsonl")
-    by_example: dict[str, dict[str, Any]] = {}
-    for rec in predictions:
-        row = by_example.setdefault(
-            rec["example_id"],
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ci_text(name: str, iv: Any) -> str:
+    if iv is None or not _finite(iv.low) or not _finite(iv.high) or iv.low == iv.high:
+        return ""
+    return f"{format_value(name, iv.low)} – {format_value(name, iv.high)}"
+
+
+def _table(an: Analysis, d: Decision) -> list[dict[str, Any]]:
+    constraints = [parse_constraint(c) for c in d.constraints]
+    groups = {"Quality": list(an.quality), **TABLE_ROWS}
+    out = []
+    for group, names in groups.items():
+        rows = []
+        for name in names:
+            vals = {s: an.point[s].get(name, float("nan")) for s in an.strategies}
+            if not any(_finite(v) for v in vals.values()):
+                continue
+            if group == "Cost" and all((v or 0) == 0 for v in vals.values() if _finite(v)):
+                continue  # e.g. no strategy trains: skip an all-zero training-time row
+            m = measure(name)
+            finite = [v for v in vals.values() if _finite(v)]
+            best = (max if m.higher_is_better else min)(finite) if len(finite) > 1 else None
+            cells = []
+            for s, v in vals.items():
+                broken = [c.text for c in constraints if c.name == name and not c.check(v)]
+                n = an.ci[s][name].n if name in an.ci[s] else 0
+                cells.append(
+                    {
+                        "text": format_value(name, v),
+                        "ci": _ci_text(name, an.ci[s].get(name)),
+                        "best": best is not None and _finite(v) and v == best,
+                        "broken": broken,
+                        "n": n,
+                    }
+                )
+            rows.append(
+                {
+                    "name": name,
+                    "label": m.label,
+                    "better": "higher is better" if m.higher_is_better else "lower is better",
+                    "arrow": "↑" if m.higher_is_better else "↓",
+                    "description": m.description,
+                    "weight": d.weights.get(name),
+                    "cells": cells,
+                }
+            )
+        if rows:
+            out.append({"group": group, "rows": rows})
+    return out
+
+
+def _charts(an: Analysis) -> dict[str, Any]:
+    sids = list(an.strategies)
+    out: dict[str, Any] = {}
+    quality = [m for m in an.quality if MEASURES.get(m) is not None or "@" in m or m == "mrr"]
+    vals = {}
+    for m in quality:
+        for s in sids:
+            iv = an.ci[s].get(m)
+            vals[(SHORT.get(m, m), s)] = (iv.estimate, iv.low, iv.high) if iv else (float("nan"), None, None)
+    out["metrics"] = charts.grouped_bars(
+        [SHORT.get(m, m) for m in quality],
+        sids,
+        vals,
+        title="Quality metrics with 95% bootstrap confidence intervals",
+        y_max=1.0,
+    )
+    p = an.primary
+    pts = []
+    for s in sids:
+        q, lat = an.ci[s].get(p), an.ci[s].get("latency_p95_ms")
+        pts.append(
             {
-                "id": rec["example_id"],
-                "question": rec["question"],
-                "reference": rec["reference"],
-                "tags": rec["tags"],
-                "answers": {},
-            },
+                "name": s,
+                "x": lat.estimate if lat else float("nan"),
+                "xlo": lat.low if lat else None,
+                "xhi": lat.high if lat else None,
+                "y": q.estimate if q else float("nan"),
+                "ylo": q.low if q else None,
+                "yhi": q.high if q else None,
+            }
         )
-        per = scores["strategies"].get(rec["strategy"], {}).get("per_example", {}).get(rec["example_id"], {})
-        row["answers"][rec["strategy"]] = {"text": rec["prediction"], "scores": per}
+    out["scatter"] = charts.scatter_ci(
+        pts,
+        title=f"{measure(p).label} vs p95 latency",
+        x_label="p95 latency per example (ms)",
+        y_label=measure(p).label,
+        x_fmt=lambda v: f"{v:,.0f}",
+        y_fmt=lambda v: f"{100 * v:.0f}%",
+    )
+    cost_panels = []
+    for name in (
+        "serving_cost_per_1k_usd",
+        "total_cost_per_1k_usd",
+        "latency_p95_ms",
+        "train_time_min",
+        "index_build_time_min",
+        "peak_memory_gb",
+        "adapter_mb",
+        "index_mb",
+    ):
+        values = [an.point[s].get(name) for s in sids]
+        if not any(_finite(v) and v > 0 for v in values):
+            continue
+        cost_panels.append(
+            charts.hbars(sids, values, title=measure(name).label, fmt=lambda v, n=name: format_value(n, v))
+        )
+    out["costs"] = cost_panels
+    series = []
+    for i, s in enumerate(sids):
+        tr = an.strategies[s].training
+        if not tr:
+            continue
+        if tr.get("train"):
+            series.append({"name": s, "colour": i, "points": [(p["step"], p["loss"]) for p in tr["train"]]})
+        if tr.get("validation"):
+            series.append(
+                {
+                    "name": s,
+                    "colour": i,
+                    "dashed": True,
+                    "points": [(p["step"], p["loss"]) for p in tr["validation"]],
+                }
+            )
+    out["loss"] = (
+        charts.line_chart(series, title="Training loss", x_label="optimizer step", y_label="loss")
+        if series
+        else None
+    )
+    tags = list(an.by_tag)
+    tag_vals = {}
+    for t in tags:
+        for s in sids:
+            iv = an.by_tag[t].get(s, {}).get(p)
+            tag_vals[(f"{t} (n={an.tag_counts[t]})", s)] = (
+                (iv.estimate, iv.low, iv.high) if iv else (float("nan"), None, None)
+            )
+    out["tags"] = charts.grouped_bars(
+        [f"{t} (n={an.tag_counts[t]})" for t in tags],
+        sids,
+        tag_vals,
+        title=f"{measure(p).label} by question tag with 95% bootstrap CIs",
+        y_max=1.0,
+    )
+    return out
+
+
+def _tag_table(an: Analysis) -> list[dict[str, Any]]:
+    rows = []
+    metrics = [m for m in an.quality if m in (an.primary, "semantic_similarity", "style_adherence")]
+    for t in an.by_tag:
+        for m in metrics:
+            cells = []
+            for s in an.strategies:
+                iv = an.by_tag[t].get(s, {}).get(m)
+                cells.append({"text": format_value(m, iv.estimate) if iv else "–", "ci": _ci_text(m, iv)})
+            if any(c["text"] != "–" for c in cells):
+                rows.append({"tag": t, "n": an.tag_counts[t], "metric": measure(m).label, "cells": cells})
+    return rows
+
+
+def _chunks(extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Retrieved chunks as recorded by retrieval strategies (ids, scores, optionally text)."""
+    out = []
+    for c in extra.get("retrieved") or extra.get("chunks") or []:
+        if isinstance(c, str):
+            out.append({"id": "", "doc": "", "score": None, "in_prompt": None, "text": c})
+        elif isinstance(c, dict):
+            out.append(
+                {
+                    "id": str(c.get("chunk_id") or c.get("id") or ""),
+                    "doc": str(c.get("doc_id") or c.get("title") or ""),
+                    "score": c.get("score") if _finite(c.get("score")) else None,
+                    "in_prompt": c.get("in_prompt"),
+                    "text": str(c.get("text") or ""),
+                }
+            )
+    return out
+
+
+def _explorer(an: Analysis) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    tags = list(an.tag_counts)
+    tag_index = {t: i for i, t in enumerate(tags)}
+    p = an.primary
+    threshold = an.decision_cfg.disagree_threshold
+    rows, n_dis = [], 0
+    for i, ex in enumerate(an.examples):
+        primaries = {s: sd.arrays[p][i] for s, sd in an.strategies.items() if p in sd.arrays}
+        finite = [v for v in primaries.values() if _finite(v)]
+        spread = (max(finite) - min(finite)) if len(finite) > 1 else 0.0
+        disagree = spread >= threshold
+        n_dis += disagree
+        best = max(finite) if finite else None
+        answers = []
+        for s, sd in an.strategies.items():
+            rec = an.predictions.get((s, ex["id"])) or {}
+            scores = []
+            v = primaries.get(s)
+            for name in (p, *EXPLORER_SCORES):
+                if name == p and name in EXPLORER_SCORES:
+                    continue
+                arr = sd.arrays.get(name)
+                if arr is not None and _finite(arr[i]):
+                    scores.append(
+                        {"label": SHORT.get(name, name), "text": format_value(name, float(arr[i]), 0)}
+                    )
+            answers.append(
+                {
+                    "strategy": s,
+                    "text": rec.get("prediction", ""),
+                    "scores": scores,
+                    "best": best is not None and _finite(v) and v == best and spread > 0,
+                    "latency": format_value("latency_p50_ms", rec.get("latency_s", 0) * 1000),
+                    "chunks": _chunks(rec.get("extra") or {}),
+                    "truncated": bool(rec.get("prompt_truncated")),
+                }
+            )
+        rows.append(
+            {
+                "id": ex["id"],
+                "question": ex["question"],
+                "reference": ex["reference"],
+                "tags": ex["tags"],
+                "classes": " ".join(f"t{tag_index[t]}" for t in ex["tags"]) + (" dis" if disagree else ""),
+                "disagree": disagree,
+                "spread": spread,
+                "answers": answers,
+            }
+        )
+    filters = [{"id": f"t{tag_index[t]}", "tag": t, "n": an.tag_counts[t]} for t in tags]
+    return rows, filters, n_dis
+
+
+def _comparisons(an: Analysis) -> list[dict[str, Any]]:
+    out = []
+    order = [an.primary] + [m for m in an.comparisons if m != an.primary]
+    for m in order:
+        for c in an.comparisons.get(m, []):
+            if not _finite(c["diff"]):
+                continue
+            out.append(
+                {
+                    "metric": measure(m).label,
+                    "primary": m == an.primary,
+                    "a": c["a"],
+                    "b": c["b"],
+                    "diff": f"{100 * c['diff']:+.1f} pts",
+                    "ci": f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f}",
+                    "p": f"{c['p_value']:.3g}",
+                    "p_adj": f"{c['p_adjusted']:.3g}",
+                    "significant": c["significant"],
+                    "n": c["n"],
+                }
+            )
+    return out
+
+
+def build_view(an: Analysis, d: Decision) -> dict[str, Any]:
+    explorer, filters, n_dis = _explorer(an)
+    manifest = an.manifest
+    strategies = [
+        {
+            "id": s,
+            "name": sd.name,
+            "colour": charts.colour(i),
+            "notes": sd.notes,
+            "training": sd.training,
+        }
+        for i, (s, sd) in enumerate(an.strategies.items())
+    ]
+    weights = [
+        {"label": measure(m).label, "name": m, "share": f"{100 * w:.0f}%"} for m, w in d.weights.items()
+    ]
     return {
-        "scores": scores,
+        "run_name": an.run_name,
         "manifest": manifest,
-        "examples": sorted(by_example.values(), key=lambda r: r["id"]),
+        "model": manifest.get("model") or {},
+        "data": manifest.get("data") or {},
+        "hardware": manifest.get("hardware") or {},
+        "packages": {k: v for k, v in (manifest.get("packages") or {}).items() if v},
+        "primary": an.primary,
+        "primary_label": measure(an.primary).label,
+        "decision": d,
+        "decision_dict": d.to_dict(),
+        "weights": weights,
+        "strategies": strategies,
+        "table": _table(an, d),
+        "charts": _charts(an),
+        "tag_table": _tag_table(an),
+        "comparisons": _comparisons(an),
+        "explorer": explorer,
+        "filters": filters,
+        "n_disagree": n_dis,
+        "n_examples": len(an.examples),
+        "cfg": an.decision_cfg,
+        "scoring_cfg": an.scoring_cfg,
+        "price": an.price_per_hour,
+        "device": an.device,
+        "warnings": an.warnings,
+        "judge": an.scores.get("judge"),
+        "resamples": an.decision_cfg.bootstrap_resamples,
+        "confidence_pct": int(round(100 * an.decision_cfg.confidence_level)),
+    }
+
+
+def _md(text: Any) -> str:
+    """Markdown cell text: no HTML, no table breaks (GitHub renders inline HTML in comments)."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def summary_markdown(an: Analysis, d: Decision) -> str:
+    p = an.primary
+    cols = [p] + [
+        m for m in ("semantic_similarity", "coherence", "faithfulness") if m in an.quality and m != p
+    ]
+    lines = [f"## adaptbench · {_md(an.run_name)}", "", f"**{_md(d.headline)}**", "", _md(d.detail), ""]
+    if d.confidence is not None:
+        lines.append(
+            f"Confidence: {d.confidence_label} ({100 * d.confidence:.0f}% of bootstrap resamples rank {_md(d.top)} first)."
+        )
+        lines.append("")
+    head = (
+        ["strategy", "score"]
+        + [measure(m).label for m in cols]
+        + ["p95 latency", "cost / 1k queries", "setup"]
+    )
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+    score = {r["strategy"]: r["score"] for r in d.ranking}
+    for s in an.strategies:
+        cells = [f"**{_md(s)}**" if s == d.recommended else _md(s)]
+        cells.append(f"{score[s]:.3f}" if s in score else "excluded")
+        for m in cols:
+            iv = an.ci[s].get(m)
+            ci = _ci_text(m, iv)
+            cells.append(format_value(m, an.point[s].get(m)) + (f" ({ci})" if ci else ""))
+        cells.append(format_value("latency_p95_ms", an.point[s].get("latency_p95_ms")))
+        cells.append(format_value("total_cost_per_1k_usd", an.point[s].get("total_cost_per_1k_usd")))
+        setup = an.point[s].get("train_time_min", 0) + an.point[s].get("index_build_time_min", 0)
+        cells.append(f"{setup:.1f} min")
+        lines.append("| " + " | ".join(_md(c) if i else c for i, c in enumerate(cells)) + " |")
+    lines += ["", "**Why**", ""] + [f"- {_md(r)}" for r in d.rationale]
+    lines += ["", "**What would change it**", ""] + [f"- {_md(s['text'])}" for s in d.sensitivity]
+    lines += [
+        "",
+        f"{len(an.examples)} examples · {an.decision_cfg.bootstrap_resamples} bootstrap resamples · "
+        f"α = {an.decision_cfg.alpha} (Holm) · hardware price ${an.price_per_hour:.2f}/h · full report: `report.html`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def scores_frame(an: Analysis) -> pd.DataFrame:
+    """One row per (strategy, example): tags, every per-example score, latency and tokens."""
+    rows = []
+    for s, sd in an.strategies.items():
+        names = [
+            n
+            for n in sd.arrays
+            if n
+            not in (
+                "latency_ms",
+                "latency_mean_ms",
+                "new_tokens",
+                "serving_cost_per_1k_usd",
+                "total_cost_per_1k_usd",
+            )
+        ]
+        quality = [n for n in an.quality if n in names]
+        diag = [n for n in names if n in SKIP_PER_EXAMPLE]
+        others = [n for n in names if n not in quality and n not in diag]
+        for i, ex in enumerate(an.examples):
+            rec = an.predictions.get((s, ex["id"])) or {}
+            row: dict[str, Any] = {"strategy": s, "example_id": ex["id"], "tags": ";".join(ex["tags"])}
+            for n in quality + others + diag:
+                v = sd.arrays[n][i]
+                row[n] = float(v) if np.isfinite(v) else None
+            row["latency_ms"] = (
+                float(sd.arrays["latency_ms"][i]) if np.isfinite(sd.arrays["latency_ms"][i]) else None
+            )
+            row["new_tokens"] = rec.get("new_tokens")
+            row["prompt_tokens"] = rec.get("prompt_tokens")
+            row["prompt_truncated"] = rec.get("prompt_truncated")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def decision_record(an: Analysis, d: Decision) -> dict[str, Any]:
+    return {
+        "run": an.run_name,
+        "headline": d.headline,
+        "detail": d.detail,
+        "decision": d.to_dict(),
+        "aggregates": {
+            s: {m: iv.to_dict() for m, iv in an.ci[s].items() if _finite(iv.estimate)} for s in an.strategies
+        },
+        "by_tag": {
+            t: {s: {m: iv.to_dict() for m, iv in ms.items()} for s, ms in per.items()}
+            for t, per in an.by_tag.items()
+        },
+        "comparisons": an.comparisons,
+        "settings": {
+            **an.decision_cfg.model_dump(),
+            "price_per_hour_usd_used": an.price_per_hour,
+            "device": an.device,
+            "n_examples": len(an.examples),
+        },
+        "warnings": an.warnings,
     }
 
 
 def write_report(run_dir: Path) -> Path:
-    data = load_run(run_dir)
-    html = html_env().get_template("report.html.j2").render(run_name=run_dir.name, **data)
+    """Write report.html, summary.md, scores.csv and decision.json; return the report path."""
+    run_dir = Path(run_dir)
+    an = analyze(run_dir)
+    d = decide(an)
+    html = html_env().get_template("report.html.j2").render(**build_view(an, d))
     out = run_dir / "report.html"
     atomic_write_text(out, html)
+    atomic_write_text(run_dir / "summary.md", summary_markdown(an, d))
+    atomic_write_text(run_dir / "scores.csv", scores_frame(an).to_csv(index=False))
+    atomic_write_json(run_dir / "decision.json", decision_record(an, d))
     return out

@@ -16,6 +16,7 @@ from harness.stats import (
     bootstrap_indices,
     bootstrap_p_value,
     holm,
+    holm_fast,
     nanpercentile,
     paired_comparison,
     sign_flip_p_value,
@@ -150,3 +151,10 @@ def test_bootstrap_p_value_and_shared_indices():
     assert bootstrap_p_value(np.linspace(-1, 1, 101)) == pytest.approx(1.0)
     idx = bootstrap_indices(5, 3, seed=9)
     assert idx.shape == (3, 5) and (bootstrap_indices(5, 3, seed=9) == idx).all()
+
+
+def test_fast_holm_equals_statsmodels():
+    rng = np.random.default_rng(5)
+    for size in (1, 2, 5, 12):
+        p = list(rng.uniform(0, 0.2, size)) + [0.01, 0.01]  # ties included
+        assert holm_fast(p, 0.05) == (holm(p, 0.05)[0], [pytest.approx(x) for x in holm(p, 0.05)[1]])

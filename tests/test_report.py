@@ -1,0 +1,140 @@
+"""report.html / summary.md / scores.csv / decision.json from a run folder: content, escaping, re-rendering."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.report import write_report
+from tests.synthetic_run import XSS_ANSWER, XSS_QUESTION, write_synthetic_run
+
+EVIL_TAG = '"><svg onload=alert(2)>'
+
+
+def _poison_tags(run_dir):
+    """Give the first example a tag that tries to break out of attributes and CSS."""
+    path = run_dir / "predictions.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        if r["example_id"] == "ex-000":
+            r["tags"] = ["knowledge", EVIL_TAG]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", decision={"weights": {"token_f1": 1.0}})
+    _poison_tags(run)
+    write_report(run)
+    return run
+
+
+def test_untrusted_text_is_escaped(run_dir):
+    html = (run_dir / "report.html").read_text()
+    # Nothing from the data set or the answers becomes markup.
+    assert "<script" not in html.lower()
+    assert "<img" not in html and "<svg onload" not in html and "<b>" not in html
+    assert "onerror=alert" not in html.replace("onerror=alert(1)&gt;", "")
+    # ... it renders as text instead.
+    assert (
+        "Is &lt;script&gt;alert(&#34;q&#34;)&lt;/script&gt; covered? &#34;&gt;&lt;img src=x onerror=alert(1)&gt;"
+        in html
+    )
+    assert "&lt;script&gt;alert(&#39;answer&#39;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt; &amp; done" in html
+    assert "&#34;&gt;&lt;svg onload=alert(2)&gt;" in html  # the tag label
+    assert "from &lt;b&gt;warranty&lt;/b&gt;" in html  # a retrieved chunk's document id
+    # Tag filters use generated class names, never the tag text, in CSS and attributes.
+    style = html.split("<style>")[1].split("</style>")[0]
+    assert "svg" not in style and "onload" not in style
+    assert re.search(r'class="ex (t\d+ ?)+', html)
+    # Defence in depth: no script may run even if escaping failed somewhere.
+    assert "default-src 'none'" in html
+    summary = (run_dir / "summary.md").read_text()
+    assert "<" not in summary.replace("&lt;", "")
+    assert XSS_QUESTION not in summary and XSS_ANSWER not in summary
+
+
+def test_report_leads_with_the_recommendation_and_its_numbers(run_dir):
+    html = (run_dir / "report.html").read_text()
+    decision = json.loads((run_dir / "decision.json").read_text())
+    assert decision["decision"]["recommended"] == "rag"
+    top = html.split('id="table"')[0]  # everything above the strategy table
+    assert '<span class="rec">rag</span>' in top
+    assert "Recommendation: rag, significantly ahead of" in top
+    assert "confidence: high" in top and "significant lead" in top
+    assert re.search(r"Token F1 5\d\.\d% vs 3\d\.\d%", top)
+    assert "What would change the decision" in top
+    # Sections: table with CIs, five kinds of charts, stats, tags, explorer.
+    assert html.count("<svg") >= 5 and "Training loss" in html and "p95 latency" in html
+    assert "Are the differences real?" in html and "Breakdown by question tag" in html
+    assert html.count('<tr class="ex ') == 40
+    assert 'id="f-dis"' in html and "strategies disagree (" in html
+    for tag in ("knowledge", "style", "updated", "general"):
+        assert f">{tag} (" in html  # a filter label with its count
+    assert "retrieved chunk" in html and "battery#0" in html
+
+
+def test_summary_and_scores_csv(run_dir):
+    summary = (run_dir / "summary.md").read_text()
+    assert summary.startswith("## adaptbench · run")
+    assert "**Recommendation: rag, significantly ahead of" in summary
+    assert "| **rag** |" in summary and "| strategy | score | Token F1 |" in summary
+    df = pd.read_csv(run_dir / "scores.csv")
+    assert len(df) == 3 * 40 and set(df["strategy"]) == {"prompt", "rag", "qlora"}
+    assert {"example_id", "tags", "token_f1", "semantic_similarity", "coherence", "latency_ms"} <= set(
+        df.columns
+    )
+    # Per-example scores match scores.json; style adherence only where tagged style.
+    scores = json.loads((run_dir / "scores.json").read_text())
+    row = df[(df.strategy == "rag") & (df.example_id == "ex-003")].iloc[0]
+    assert row.token_f1 == pytest.approx(scores["strategies"]["rag"]["per_example"]["ex-003"]["token_f1"])
+    assert df[~df.tags.str.contains("style")]["style_adherence"].isna().all()
+    assert (
+        df[df.strategy == "rag"]["faithfulness"].notna().all()
+        and df[df.strategy == "prompt"]["faithfulness"].isna().all()
+    )
+    assert df.groupby("strategy").token_f1.mean()["rag"] > df.groupby("strategy").token_f1.mean()["prompt"]
+
+
+def test_cli_report_rerenders_from_files_alone_and_is_deterministic(tmp_path):
+    run = write_synthetic_run(tmp_path / "run")
+    res = CliRunner().invoke(main, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "No significant difference; prefer the cheaper: prompt" in res.output
+    first = {n: (run / n).read_bytes() for n in ("report.html", "summary.md", "scores.csv", "decision.json")}
+    for path in run.iterdir():
+        if path.name not in ("scores.json", "predictions.jsonl", "manifest.json", "config.yaml"):
+            path.unlink()
+    res = CliRunner().invoke(main, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert {n: (run / n).read_bytes() for n in first} == first
+
+
+def test_cli_report_errors_are_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(main, ["report", str(empty)])
+    assert res.exit_code == 2 and res.output.strip().startswith("error: ") and "no scores.json" in res.output
+    run = write_synthetic_run(tmp_path / "run", decision={"constraints": ["latency_p95_ms <= 800"]})
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("latency_p95_ms <= 800", "latency <= 800"))
+    res = CliRunner().invoke(main, ["report", str(run)])
+    assert res.exit_code == 2 and "decision.constraints: [0] unknown measure 'latency'" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_report_with_one_strategy_and_no_feasible_choice(tmp_path):
+    single = write_synthetic_run(tmp_path / "single", strategies=("prompt",))
+    write_report(single)
+    html = (single / "report.html").read_text()
+    assert "the only strategy within the constraints" in html and "Only one strategy" in html
+    none = write_synthetic_run(tmp_path / "none", decision={"constraints": ["latency_p95_ms <= 1"]})
+    write_report(none)
+    html = (none / "report.html").read_text()
+    assert "no recommendation" in html and "No strategy meets the constraints" in html
+    assert "breaks latency_p95_ms &lt;= 1" in html
