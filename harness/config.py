@@ -287,7 +287,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, str(path))) from None
-    return resolve_paths(config, path.parent)
+    config = resolve_paths(config, path.parent)
+    if not config.eval_set.path.is_dir():
+        raise ConfigError(f"{path}: eval_set.path: directory not found: {config.eval_set.path}")
+    return config
 
 
 def resolve_paths(config: RunConfig, base: Path) -> RunConfig:

@@ -11,6 +11,7 @@ from harness.runner import build_strategies
 
 
 def _write(tmp_path, data) -> str:
+    (tmp_path / "data").mkdir(exist_ok=True)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data, encoding="utf-8")
     return str(path)
@@ -41,6 +42,7 @@ def test_valid_config_resolves_paths_relative_to_file(tmp_path):
         ({"metrics": ["bleu"]}, "metrics: unknown metric 'bleu'"),
         ({"strategies": [{"name": "prompt"}, {"name": "prompt"}]}, "duplicate strategy id 'prompt'"),
         ({"eval_set": {}}, "eval_set.path: required field is missing"),
+        ({"eval_set": {"path": "nowhere"}}, "eval_set.path: directory not found"),
     ],
 )
 def test_config_errors_name_the_yaml_path(tmp_path, patch, expected):

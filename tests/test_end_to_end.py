@@ -117,7 +117,7 @@ def _cli(*args):
     ("mutate", "expected"),
     [
         (lambda d, p: d["generation"].update(batch_size=0), "generation.batch_size: must be > 0"),
-        (lambda d, p: d["eval_set"].update(path=str(p / "missing")), "eval set directory not found"),
+        (lambda d, p: d["eval_set"].update(path=str(p / "missing")), "eval_set.path: directory not found"),
         (lambda d, p: d["model"].update(id=str(p)), "model.id: cannot load"),
     ],
 )
