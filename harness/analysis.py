@@ -76,8 +76,11 @@ class Analysis:
     predictions: dict[tuple[str, str], dict[str, Any]]
 
 
-def read_run_config(run_dir: Path) -> tuple[DecisionConfig, ScoringConfig]:
-    """The ``decision:`` and ``scoring:`` sections of the run's saved config (defaults when absent)."""
+def read_run_config(
+    run_dir: Path, decision_overrides: dict[str, Any] | None = None
+) -> tuple[DecisionConfig, ScoringConfig]:
+    """The ``decision:`` and ``scoring:`` sections of the run's saved config (defaults when absent),
+    with ``decision_overrides`` (command-line what-ifs) replacing keys of ``decision:``."""
     path = run_dir / "config.yaml"
     data: dict[str, Any] = {}
     if path.is_file():
@@ -85,10 +88,15 @@ def read_run_config(run_dir: Path) -> tuple[DecisionConfig, ScoringConfig]:
         data = loaded if isinstance(loaded, dict) else {}
     out = []
     for key, cls in (("decision", DecisionConfig), ("scoring", ScoringConfig)):
+        section = dict(data.get(key) or {})
+        source = str(path)
+        if key == "decision" and decision_overrides:
+            section.update(decision_overrides)
+            source = f"{path} (with command-line overrides)"
         try:
-            out.append(cls.model_validate(data.get(key) or {}))
+            out.append(cls.model_validate(section))
         except ValidationError as exc:
-            raise ConfigError(validation_message(exc, str(path), (key,))) from None
+            raise ConfigError(validation_message(exc, source, (key,))) from None
     return out[0], out[1]
 
 
@@ -207,7 +215,7 @@ def _strategy_data(
     )
 
 
-def analyze(run_dir: Path) -> Analysis:
+def analyze(run_dir: Path, decision_overrides: dict[str, Any] | None = None) -> Analysis:
     run_dir = Path(run_dir)
     scores_path = run_dir / "scores.json"
     if not scores_path.is_file():
@@ -216,7 +224,7 @@ def analyze(run_dir: Path) -> Analysis:
         )
     scores = read_json(scores_path)
     manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
-    decision_cfg, scoring_cfg = read_run_config(run_dir)
+    decision_cfg, scoring_cfg = read_run_config(run_dir, decision_overrides)
     device = (manifest.get("model") or {}).get("device") or "cpu"
     price = hardware_price(decision_cfg, device)
     records = load_predictions(run_dir / "predictions.jsonl")

@@ -166,9 +166,21 @@ def validate(config: str) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--constraint",
+    "constraints",
+    multiple=True,
+    help="What-if: replace the run's decision constraints, e.g. --constraint 'latency_p95_ms <= 500' (repeatable).",
+)
+@click.option(
+    "--weight",
+    "weights",
+    multiple=True,
+    help="What-if: replace the decision weights, e.g. --weight token_f1=0.7 --weight latency_p95_ms=0.3.",
+)
 @user_errors
-def report(run_dir: str) -> None:
-    """Re-render the report of a finished run folder (no model, no re-run)."""
+def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...]) -> None:
+    """Re-render report.html, summary.md, scores.csv and decision.json from a run folder (no model, no re-run)."""
     from harness.report import write_report
     from harness.rundir import read_json
 
@@ -177,9 +189,23 @@ def report(run_dir: str) -> None:
         raise AdaptbenchError(
             f"{path}: no scores.json; finish the run first (adaptbench run CONFIG --out {path})"
         )
-    out = write_report(path)
+    overrides: dict[str, Any] = {}
+    if constraints:
+        overrides["constraints"] = list(constraints)
+    if weights:
+        parsed: dict[str, float] = {}
+        for item in weights:
+            name, sep, value = item.partition("=")
+            try:
+                parsed[name.strip()] = float(value)
+            except ValueError:
+                raise AdaptbenchError(f"--weight {item!r}: write NAME=NUMBER, e.g. token_f1=0.5") from None
+            if not sep:
+                raise AdaptbenchError(f"--weight {item!r}: write NAME=NUMBER, e.g. token_f1=0.5")
+        overrides["weights"] = parsed
+    out = write_report(path, decision_overrides=overrides or None)
     print_summary(read_json(path / "scores.json"), path)
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {out.name}, summary.md, scores.csv and decision.json in {path}")
 
 
 @main.command("strategies")

@@ -488,10 +488,13 @@ def decision_record(an: Analysis, d: Decision) -> dict[str, Any]:
     }
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write report.html, summary.md, scores.csv and decision.json; return the report path."""
+def write_report(run_dir: Path, decision_overrides: dict[str, Any] | None = None) -> Path:
+    """Write report.html, summary.md, scores.csv and decision.json; return the report path.
+
+    ``decision_overrides`` replaces keys of the run's ``decision:`` section for this rendering only
+    (what-if constraints or weights from ``adaptbench report --constraint/--weight``)."""
     run_dir = Path(run_dir)
-    an = analyze(run_dir)
+    an = analyze(run_dir, decision_overrides)
     d = decide(an)
     html = html_env().get_template("report.html.j2").render(**build_view(an, d))
     out = run_dir / "report.html"

@@ -138,3 +138,48 @@ def test_report_with_one_strategy_and_no_feasible_choice(tmp_path):
     html = (none / "report.html").read_text()
     assert "no recommendation" in html and "No strategy meets the constraints" in html
     assert "breaks latency_p95_ms &lt;= 1" in html
+
+
+@pytest.mark.slow
+def test_real_run_scores_model_metrics_and_writes_all_outputs(write_config, tmp_path):
+    """Tiny model end to end: the runner scores perplexity-based coherence, similarity and style,
+    and writes report.html, summary.md, scores.csv and decision.json."""
+    cfg = write_config(
+        strategies=[{"name": "prompt", "id": "zero"}, {"name": "prompt", "id": "few", "shots": 2}],
+        decision={"constraints": ["latency_p95_ms <= 60000"], "bootstrap_resamples": 200},
+    )
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "Recommendation" in res.output or "No significant difference" in res.output
+    scores = json.loads((out / "scores.json").read_text())
+    per = scores["strategies"]["zero"]["per_example"]
+    assert set(per) == {f"te-{i}" for i in range(1, 7)}
+    for eid, row in per.items():
+        assert 0.0 <= row["semantic_similarity"] <= 1.0 and 0.0 <= row["coherence"] <= 1.0
+        assert row["perplexity"] is None or row["perplexity"] > 1.0
+        assert (row["style_adherence"] is not None) == (eid == "te-5")  # the only style-tagged example
+    for name in ("report.html", "summary.md", "scores.csv", "decision.json"):
+        assert (out / name).is_file(), name
+    decision = json.loads((out / "decision.json").read_text())
+    assert decision["decision"]["recommended"] in ("zero", "few")
+    assert decision["settings"]["bootstrap_resamples"] == 200
+    assert len(pd.read_csv(out / "scores.csv")) == 12
+
+
+def test_cli_report_what_if_constraints_and_weights(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", decision={"weights": {"token_f1": 1.0}})
+    res = CliRunner().invoke(main, ["report", str(run), "--constraint", "latency_p95_ms <= 300"])
+    assert res.exit_code == 0, res.output
+    decision = json.loads((run / "decision.json").read_text())["decision"]
+    assert decision["constraints"] == ["latency_p95_ms <= 300"] and decision["recommended"] != "rag"
+    res = CliRunner().invoke(main, ["report", str(run), "--weight", "latency_p95_ms=1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "decision.json").read_text())["decision"]["weights"] == {"latency_p95_ms": 1.0}
+    res = CliRunner().invoke(main, ["report", str(run), "--weight", "token_f1"])
+    assert res.exit_code == 2 and "write NAME=NUMBER" in res.output
+    res = CliRunner().invoke(main, ["report", str(run), "--constraint", "speed <= 3"])
+    assert (
+        res.exit_code == 2
+        and "(with command-line overrides): decision.constraints: [0] unknown measure" in res.output
+    )
