@@ -25,6 +25,7 @@ from harness.data import EvalSet, load_eval_set
 from harness.errors import ConfigError
 from harness.generation import TransformersBackend
 from harness.manifest import hardware, now_iso, package_versions
+from harness.memory import RssSampler
 from harness.models import cache_root, load_model
 from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, read_json
 from harness.scoring import ScoringContext, score_strategy
@@ -185,6 +186,7 @@ def run(
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
+        rss = RssSampler().start()
         strategy.prepare(ctx)
         prepare_seconds = time.perf_counter() - start
         bar = tqdm(
@@ -201,7 +203,8 @@ def run(
         bar.close()
         cost = {
             "prepare_seconds": round(prepare_seconds, 3),
-            "peak_rss_bytes": _peak_rss_bytes(),
+            "peak_rss_bytes": rss.stop(),  # this strategy's prepare + predict window
+            "process_peak_rss_bytes": _peak_rss_bytes(),
             **strategy.cost,
         }
         if torch.cuda.is_available():

@@ -120,3 +120,17 @@ def test_answer_perplexity_under_tiny_model(tiny_model_dir):
     # Right-padded batching gives the same numbers as one-by-one scoring.
     assert batched[:2] == [pytest.approx(v, rel=1e-4) for v in single[:2]]
     assert all(1.0 < v < 10_000 for v in batched[:2])
+
+
+def test_rss_sampler_sees_a_temporary_allocation():
+    import numpy as np
+    import psutil
+
+    from harness.memory import RssSampler
+
+    before = psutil.Process().memory_info().rss
+    with RssSampler(interval=0.005) as mem:
+        block = np.ones(40_000_000)  # 320 MB, touched
+        block.sum()
+        del block
+    assert mem.peak >= before + 250_000_000
