@@ -202,7 +202,7 @@ def _strategy_data(
     }
     notes = [str(n) for n in cost.get("notes") or []]
     if mem_kind == "RSS" and mem:
-        notes.append("peak memory = process peak RSS (includes the shared base model)")
+        notes.append("peak memory = peak RSS while this strategy ran (includes the shared base model)")
     return StrategyData(
         id=sid,
         name=entry.get("name") or sid,
