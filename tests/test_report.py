@@ -147,6 +147,7 @@ def test_real_run_scores_model_metrics_and_writes_all_outputs(write_config, tmp_
     cfg = write_config(
         strategies=[{"name": "prompt", "id": "zero"}, {"name": "prompt", "id": "few", "shots": 2}],
         decision={"constraints": ["latency_p95_ms <= 60000"], "bootstrap_resamples": 200},
+        scoring={"judge": {"enabled": True, "max_new_tokens": 2}},
     )
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
@@ -159,6 +160,8 @@ def test_real_run_scores_model_metrics_and_writes_all_outputs(write_config, tmp_
         assert 0.0 <= row["semantic_similarity"] <= 1.0 and 0.0 <= row["coherence"] <= 1.0
         assert row["perplexity"] is None or row["perplexity"] > 1.0
         assert (row["style_adherence"] is not None) == (eid == "te-5")  # the only style-tagged example
+        assert "judge_score" in row and (row["judge_score"] is None or 0.0 <= row["judge_score"] <= 1.0)
+    assert "{answer}" in scores["judge"]["prompt"] and scores["judge"]["enabled"] is True
     for name in ("report.html", "summary.md", "scores.csv", "decision.json"):
         assert (out / name).is_file(), name
     decision = json.loads((out / "decision.json").read_text())
