@@ -120,6 +120,21 @@ def _fmt(name: str, value: float | None) -> str:
     return format_value(name, value)
 
 
+def _lc(label: str) -> str:
+    """Lower-case a label's first letter for use mid-sentence, unless it is an acronym (ROUGE-L, LLM)."""
+    if len(label) > 1 and label[1].isupper():
+        return label
+    return label[:1].lower() + label[1:]
+
+
+def _material(name: str, a: float, b: float) -> bool:
+    """A difference worth a sensitivity note: visible at display precision and at least 1% apart
+    (sampled memory or timing jitter between otherwise identical strategies is not a trade-off)."""
+    if not (math.isfinite(a) and math.isfinite(b)) or _fmt(name, a) == _fmt(name, b):
+        return False
+    return abs(a - b) >= 0.01 * max(abs(a), abs(b))
+
+
 def utility(name: str, values: np.ndarray | float, candidate_points: list[float]) -> np.ndarray:
     """Map a measure's values to [0, 1]-ish utilities relative to the candidates' point estimates."""
     m = measure(name)
@@ -374,7 +389,7 @@ class Engine:
             va, vb = self.value(a, name), self.value(b, name)
             if not (math.isfinite(va) and math.isfinite(vb)) or (va == 0 and vb == 0):
                 continue
-            parts.append(f"{measure(name).label.lower()} {_fmt(name, va)} vs {_fmt(name, vb)}")
+            parts.append(f"{_lc(measure(name).label)} {_fmt(name, va)} vs {_fmt(name, vb)}")
         return f"Cost side, {a} vs {b}: " + "; ".join(parts) + "." if parts else ""
 
     # -- sensitivity -----------------------------------------------------------------------------
@@ -397,8 +412,8 @@ class Engine:
                 m = measure(name)
                 op = ">" if m.higher_is_better else "<"
                 new = self.decide(constraints + [Constraint(name, op, v)], weights, explain=False)
-                if new.recommended and new.recommended != rec:
-                    vn = self.value(new.recommended, name)
+                vn = self.value(new.recommended, name) if new.recommended else float("nan")
+                if new.recommended and new.recommended != rec and _material(name, v, vn):
                     bound = "above" if m.higher_is_better else "under"
                     out.append(
                         {
@@ -406,7 +421,7 @@ class Engine:
                             "measure": name,
                             "threshold": v,
                             "winner": new.recommended,
-                            "text": f"{new.recommended} would be recommended if {m.label} had to be {bound} "
+                            "text": f"{new.recommended} would be recommended if {_lc(m.label)} had to be {bound} "
                             f"{_fmt(name, v)} ({rec} measures {_fmt(name, v)}, {new.recommended} {_fmt(name, vn)}).",
                         }
                     )
@@ -481,7 +496,7 @@ class Engine:
                             "threshold": trial_w,
                             "winner": new.recommended,
                             "change": abs(trial_w - w) / total,
-                            "text": f"{new.recommended} would be recommended if the weight on {measure(m).label} were "
+                            "text": f"{new.recommended} would be recommended if the weight on {_lc(measure(m).label)} were "
                             f"{trial_w:.2f} instead of {w:.2f} ({share:.0f}% of the total weight"
                             + ("; its lead would be significant)." if new.significant else ")."),
                         }

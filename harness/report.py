@@ -98,6 +98,8 @@ def _table(an: Analysis, d: Decision) -> list[dict[str, Any]]:
             m = measure(name)
             finite = [v for v in vals.values() if _finite(v)]
             best = (max if m.higher_is_better else min)(finite) if len(finite) > 1 else None
+            texts = {format_value(name, v) for v in finite}
+            best_text = format_value(name, best) if best is not None and len(texts) > 1 else None
             cells = []
             for s, v in vals.items():
                 broken = [c.text for c in constraints if c.name == name and not c.check(v)]
@@ -106,7 +108,7 @@ def _table(an: Analysis, d: Decision) -> list[dict[str, Any]]:
                     {
                         "text": format_value(name, v),
                         "ci": _ci_text(name, an.ci[s].get(name)),
-                        "best": best is not None and _finite(v) and v == best,
+                        "best": best_text is not None and format_value(name, v) == best_text,
                         "broken": broken,
                         "n": n,
                     }

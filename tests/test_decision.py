@@ -194,3 +194,25 @@ def test_constraint_in_config_excludes_strategy_in_run_folder(tmp_path):
     assert [e["strategy"] for e in d.excluded] == ["rag"]
     assert d.recommended in ("qlora", "prompt")
     assert any(n["kind"] == "relax" and n["winner"] == "rag" for n in d.sensitivity)
+
+
+def test_sensitivity_ignores_jitter_below_display_precision():
+    point = {
+        "a": {
+            "token_f1": 0.50,
+            "latency_p95_ms": 100.0,
+            "peak_memory_gb": 0.6201,
+            "total_cost_per_1k_usd": 0.004,
+        },
+        "b": {
+            "token_f1": 0.30,
+            "latency_p95_ms": 90.0,
+            "peak_memory_gb": 0.6199,
+            "total_cost_per_1k_usd": 0.004,
+        },
+    }
+    eng = _engine(point, weights={"token_f1": 1.0})
+    notes = eng.sensitivity(eng.decide())
+    assert not any(n.get("measure") == "peak_memory_gb" for n in notes)
+    lat = next(n for n in notes if n.get("measure") == "latency_p95_ms")
+    assert lat["winner"] == "b" and "under 100 ms" in lat["text"]
