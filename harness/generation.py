@@ -68,6 +68,7 @@ class TransformersBackend:
         self.tokenizer = loaded.tokenizer
         self.context_window = loaded.info.context_window
         self.device = loaded.info.device
+        self.merged_adapter: str | None = None
 
     # -- prompts -------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -85,12 +86,28 @@ class TransformersBackend:
         """Attach a peft adapter to the shared base (no second copy of the base weights)."""
         from peft import PeftModel
 
+        self._unmerge()
         if isinstance(self.model, PeftModel):
             if name not in self.model.peft_config:
                 self.model.load_adapter(path, adapter_name=name)
         else:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
         self.model.eval()
+
+    def merge_adapter(self, name: str) -> None:
+        """Fold adapter ``name`` into the base weights for faster generation with it (full-precision bases).
+
+        Any other request (another adapter, or none) unmerges first, restoring the base up to float rounding.
+        """
+        self._unmerge()
+        self.model.set_adapter(name)
+        self.model.merge_adapter([name])
+        self.merged_adapter = name
+
+    def _unmerge(self) -> None:
+        if self.merged_adapter is not None:
+            self.model.unmerge_adapter()
+            self.merged_adapter = None
 
     def _adapter_context(self, adapter: str | None):
         from peft import PeftModel
@@ -99,6 +116,9 @@ class TransformersBackend:
             if adapter is not None:
                 raise ValueError(f"adapter {adapter!r} requested but none is loaded")
             return contextlib.nullcontext()
+        if adapter is not None and adapter == self.merged_adapter:
+            return contextlib.nullcontext()
+        self._unmerge()
         if adapter is None:
             return self.model.disable_adapter()
         self.model.set_adapter(adapter)
