@@ -1,0 +1,34 @@
+"""QLoRA: a LoRA adapter trained in the harness on the train split (4-bit NF4 base, peft + trl), then evaluated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.generation import Prompt
+from strategies.base import RunContext
+from strategies.prompt import PromptParams, PromptStrategy
+from strategies.registry import register
+from strategies.training import AdapterMixin, AdapterParams, TrainParams
+
+
+class QLoRAParams(PromptParams, TrainParams, AdapterParams):
+    """Prompt options (the same prompt at training and test time) + training + adapter options."""
+
+
+@register
+class QLoRAStrategy(AdapterMixin, PromptStrategy):
+    name = "qlora"
+    Params = QLoRAParams
+    params: QLoRAParams
+
+    def setup(self, ctx: RunContext) -> None:
+        if self.ctx is not ctx:
+            PromptStrategy.prepare(self, ctx)
+            self.cost["notes"] = [f"LoRA r={self.params.r} adapter; {self.params.shots}-shot prompt"]
+
+    def prepare(self, ctx: RunContext) -> None:
+        self.setup(ctx)
+        self.attach(ctx)
+
+    def training_prompts(self, rows: list[dict[str, Any]], split: str) -> list[tuple[Prompt, str]]:
+        return [(self.build_prompt(row)[0], row["answer"]) for row in rows]
