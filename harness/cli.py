@@ -118,6 +118,13 @@ def print_summary(scores: dict[str, Any], run_dir: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (re-using one resumes it).")
 @click.option("--strategies", help="Comma-separated strategy ids or names to run, e.g. prompt,rag.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    metavar="[ID=]PATH",
+    help="Evaluate a trained adapter folder instead of training (all adapter strategies, or strategy ID).",
+)
 @user_errors
 def run(
     config: str,
@@ -126,11 +133,13 @@ def run(
     out: str | None,
     strategies: str | None,
     no_progress: bool,
+    adapters: tuple[str, ...],
 ) -> None:
     """Run every configured strategy on the eval set and write a run folder."""
     from harness.runner import run as run_harness
+    from harness.runner import use_adapters
 
-    cfg = _load(config, model, limit, strategies)
+    cfg = use_adapters(_load(config, model, limit, strategies), list(adapters))
     run_dir = Path(out).resolve() if out else None
     try:
         result = run_harness(cfg, config_path=Path(config), run_dir=run_dir, progress=not no_progress)
@@ -142,6 +151,34 @@ def run(
         )
         sys.exit(130)
     print_summary(result.scores, result.run_dir)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--model", help="Model id (HF hub) or local path; overrides model.id.")
+@click.option("--strategies", help="Comma-separated strategy ids or names to train, e.g. qlora.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for the training records.")
+@user_errors
+def train(config: str, model: str | None, strategies: str | None, out: str | None) -> None:
+    """Train the adapters of the configured strategies (cached), without evaluating."""
+    from harness.runner import train as train_harness
+
+    cfg = _load(config, model, None, strategies)
+    run_dir, results = train_harness(
+        cfg, config_path=Path(config), run_dir=Path(out).resolve() if out else None
+    )
+    for sid, res in results.items():
+        rec = res.record
+        status = "cached" if res.cache_hit else "trained"
+        click.echo(
+            f"{sid}: {status} {rec.get('quantization')} LoRA, {rec.get('steps')} steps in "
+            f"{rec.get('train_seconds', 0):.0f} s, val loss {rec.get('val_loss_base', 0):.3f} -> "
+            f"{rec.get('val_loss_final', 0):.3f}"
+            + (f" (fallback: {rec['fallback_reason']})" if rec.get("fallback_reason") else "")
+        )
+        click.echo(f"  adapter: {res.adapter_dir}")
+    click.echo(f"training records: {run_dir / 'training'}")
+    click.echo(f"evaluate with:    adaptbench run {config} --adapter [ID=]<adapter folder>")
 
 
 @main.command()

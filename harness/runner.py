@@ -41,9 +41,9 @@ class RunResult:
     scores: dict[str, Any]
 
 
-def make_run_id(config: RunConfig, config_path: Path | None) -> str:
+def make_run_id(config: RunConfig, config_path: Path | None, kind: str = "") -> str:
     stem = config.name or (config_path.stem if config_path else "run")
-    return f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return f"{stem}{'-' + kind if kind else ''}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def select_examples(eval_set: EvalSet, config: RunConfig) -> list[dict[str, Any]]:
@@ -120,6 +120,66 @@ def prediction_record(strategy: Strategy, example: dict[str, Any], answer: Any) 
     }
 
 
+def use_adapters(config: RunConfig, adapters: list[str]) -> RunConfig:
+    """``--adapter PATH`` (every adapter strategy) or ``--adapter ID=PATH``: evaluate trained adapters.
+
+    Sets the ``adapter_path`` param of strategies whose params have one, so they skip training; the
+    path joins the strategy's fingerprint like any other param.
+    """
+    capable = [s for s in config.strategies if "adapter_path" in registry.get(s.name).Params.model_fields]
+    for item in adapters:
+        sid, sep, path = item.partition("=")
+        if not sep:
+            sid, path = "", item
+        targets = [s for s in capable if s.key == sid] if sid else capable
+        if not targets:
+            have = ", ".join(s.key for s in capable) or "none"
+            what = (
+                f"strategy {sid!r} does not take an adapter" if sid else "no strategy here takes an adapter"
+            )
+            raise ConfigError(f"--adapter {item}: {what} (adapter strategies in the config: {have})")
+        resolved = str(Path(path).expanduser().resolve())
+        for spec in targets:
+            spec.adapter_path = resolved
+    return config
+
+
+def open_context(config: RunConfig, eval_set: EvalSet, run_dir: Path) -> RunContext:
+    """Seed, load the base model once and wrap it in the context every strategy shares."""
+    transformers.set_seed(config.seed)
+    cache = cache_root(config.cache_dir)
+    loaded = load_model(config.model, cache)
+    return RunContext(
+        config=config,
+        eval_set=eval_set,
+        backend=TransformersBackend(loaded),
+        run_dir=run_dir,
+        cache_dir=cache,
+        seed=config.seed,
+        loaded_model=loaded,
+    )
+
+
+def train(
+    config: RunConfig, *, config_path: Path | None = None, run_dir: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Train every strategy that has a ``train(ctx)`` step (adapters), without evaluating.
+
+    Returns the folder holding their training records and ``{strategy id: train result}``.
+    """
+    source = str(config_path) if config_path else "config"
+    eval_set = load_eval_set(config.eval_set.path)
+    strategies = [s for s in build_strategies(config, source) if callable(getattr(s, "train", None))]
+    if not strategies:
+        names = ", ".join(sorted({s.name for s in config.strategies}))
+        raise ConfigError(f"{source}: no strategy here trains anything ({names}); add e.g. a qlora strategy")
+    run_dir = run_dir or (config.output_dir / make_run_id(config, config_path, "train"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    ctx = open_context(config, eval_set, run_dir)
+    return run_dir, {s.id: s.train(ctx) for s in strategies}
+
+
 def run(
     config: RunConfig,
     *,
@@ -161,20 +221,9 @@ def run(
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
 
-    transformers.set_seed(config.seed)
-    cache = cache_root(config.cache_dir)
-    loaded = load_model(config.model, cache)
-    manifest["model"] = loaded.to_manifest()
-    backend = TransformersBackend(loaded)
-    ctx = RunContext(
-        config=config,
-        eval_set=eval_set,
-        backend=backend,
-        run_dir=run_dir,
-        cache_dir=cache,
-        seed=config.seed,
-        loaded_model=loaded,
-    )
+    ctx = open_context(config, eval_set, run_dir)
+    manifest["model"] = ctx.loaded_model.to_manifest()
+    backend = ctx.backend
     preds = PredictionLog(run_dir / "predictions.jsonl")
 
     for strategy in strategies:
