@@ -1,0 +1,170 @@
+"""Real QLoRA training runs (4-bit NF4 bitsandbytes on CPU + peft LoRA + trl) on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.config import load_config
+from harness.data import load_eval_set
+from harness.rundir import load_predictions
+from harness.runner import open_context, run
+from strategies import registry, training
+
+pytestmark = pytest.mark.slow
+
+# Few steps, high learning rate: the tiny random model must visibly learn within seconds.
+FAST = {
+    "max_steps": 8,
+    "batch_size": 2,
+    "learning_rate": 0.003,
+    "eval_steps": 2,
+    "gradient_checkpointing": True,
+}
+
+
+def _ctx(write_config, tmp_path, strategies):
+    cfg = load_config(write_config(strategies=strategies))
+    return cfg, open_context(cfg, load_eval_set(cfg.eval_set.path), tmp_path / "run")
+
+
+def test_qlora_trains_4bit_loss_decreases_and_cache_hits(write_config, tmp_path, monkeypatch):
+    cfg, ctx = _ctx(write_config, tmp_path, [{"name": "qlora", "id": "qlora", **FAST}])
+    strategy = registry.build(cfg.strategies[0], 0)
+
+    loaded_4bit = []
+    real_load = training._load_4bit
+    monkeypatch.setattr(training, "_load_4bit", lambda c: loaded_4bit.append(real_load(c)) or loaded_4bit[-1])
+    result = strategy.train(ctx)
+    rec = result.record
+    assert not result.cache_hit
+    # The training base really was bitsandbytes 4-bit NF4 with double quantisation.
+    qmodel = loaded_4bit[0].model
+    assert qmodel.is_loaded_in_4bit
+    qcfg = qmodel.config.quantization_config
+    assert qcfg.bnb_4bit_quant_type == "nf4" and qcfg.bnb_4bit_use_double_quant
+    assert any(type(m).__name__ == "Linear4bit" for m in qmodel.modules())
+
+    assert rec["quantization"] == "4bit" and rec["fallback_reason"] is None and rec["device"] == "cpu"
+    assert rec["steps"] == 8 and rec["tokens_seen"] > 0 and rec["tokens_per_s"] > 0
+    assert 0 < rec["trainable_share"] < 1 and rec["trainable_params"] > 0
+    assert rec["peak_memory_kind"] == "process_rss" and rec["peak_memory_bytes"] >= rec["rss_before_bytes"]
+    # Loss decreases: validation below the untrained base, late training loss below early.
+    assert rec["val_loss_final"] < rec["val_loss_base"] - 0.05
+    train_curve = [p["loss"] for p in rec["loss_curve"]["train"]]
+    assert sum(train_curve[-3:]) / 3 < sum(train_curve[:3]) / 3
+    assert rec["loss_curve"]["validation"][0] == {"step": 0, "loss": round(rec["val_loss_base"], 5)}
+    assert (result.adapter_dir / "adapter_model.safetensors").stat().st_size == rec["adapter_bytes"]
+    assert result.adapter_dir.parent == ctx.cache_dir / "adapters"
+    assert not list(result.adapter_dir.parent.glob(".tmp-*"))  # atomic: no leftovers
+    run_record = json.loads((ctx.run_dir / "training" / "qlora.json").read_text())
+    assert run_record["source"] == "trained" and run_record["key"] == rec["key"]
+
+    # Same key: cache hit, nothing is loaded or trained.
+    monkeypatch.setattr(training, "load_training_base", lambda *a: pytest.fail("retrained on a cache hit"))
+    again = registry.build(cfg.strategies[0], 0).train(ctx)
+    assert again.cache_hit and again.adapter_dir == result.adapter_dir and again.record["key"] == rec["key"]
+
+    # Any training hyper-parameter change is a miss (another key, so another folder); same params hit.
+    changed = registry.get("qlora").Params.model_validate(
+        {**cfg.strategies[0].params, "learning_rate": 0.002}
+    )
+    data = training.build_data(ctx, changed, strategy.training_prompts)
+    assert training.cache_key(ctx, changed, data) != rec["key"]
+    assert training.cache_key(ctx, strategy.params, data) == rec["key"]
+
+
+def test_fallback_to_full_precision_lora_is_loud_and_recorded(write_config, tmp_path, monkeypatch, caplog):
+    def no_backend(ctx):
+        raise RuntimeError("no bitsandbytes backend for device 'npu'")
+
+    monkeypatch.setattr(training, "_load_4bit", no_backend)
+    cfg = load_config(write_config(strategies=[{"name": "qlora", "id": "qlora", **FAST}]))
+    with caplog.at_level(logging.WARNING, logger="adaptbench.training"):
+        result = run(cfg, run_dir=tmp_path / "run", progress=False)
+    assert "falling back to LoRA on the full-precision base" in caplog.text
+    assert "no bitsandbytes backend for device 'npu'" in caplog.text
+
+    cost = json.loads((tmp_path / "run" / "manifest.json").read_text())["strategies"]["qlora"]["cost"]
+    assert cost["training"]["quantization"] == "none"
+    assert "no bitsandbytes backend" in cost["training"]["fallback_reason"]
+    assert any("4-bit unavailable" in n for n in cost["notes"])
+    rec = json.loads((tmp_path / "run" / "training" / "qlora.json").read_text())
+    assert rec["quantization_requested"] == "4bit" and rec["quantization"] == "none"
+    assert rec["val_loss_final"] < rec["val_loss_base"]
+    assert cost["train_seconds"] > 0 and cost["adapter_bytes"] > 0 and cost["peak_memory_bytes"] > 0
+    assert len([p for p in load_predictions(result.run_dir / "predictions.jsonl")]) == 6
+
+
+def test_train_command_then_evaluate_with_adapter(write_config, tmp_path, monkeypatch):
+    cfg = write_config(
+        strategies=[{"name": "prompt", "id": "base"}, {"name": "qlora", "id": "qlora", **FAST}]
+    )
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(cfg), "--out", str(tmp_path / "trained")])
+    assert res.exit_code == 0, res.output
+    adapter = next(line.split("adapter: ", 1)[1] for line in res.output.splitlines() if "adapter: " in line)
+    assert "qlora: trained 4bit LoRA, 8 steps" in res.output
+    assert (tmp_path / "trained" / "training" / "qlora.json").is_file()
+    assert not (tmp_path / "trained" / "predictions.jsonl").exists()  # trains, does not evaluate
+
+    # --adapter: evaluate that folder, no training at all.
+    monkeypatch.setattr(training, "train_adapter", lambda *a, **k: pytest.fail("trained despite --adapter"))
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        main, ["run", str(cfg), "--adapter", f"qlora={adapter}", "--out", str(out), "--no-progress"]
+    )
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "training" / "qlora.json").read_text())
+    assert rec["source"] == "--adapter" and rec["adapter_dir"] == adapter
+    assert rec["inference_base"]["val_loss_adapter"] < rec["inference_base"]["val_loss_base"]
+    preds = [p for p in load_predictions(out / "predictions.jsonl") if p["strategy"] == "qlora"]
+    assert len(preds) == 6
+    fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]["strategies"]["qlora"]
+    assert fingerprint["adapter_path"] == adapter
+
+    # An adapter trained for another base is refused in one line.
+    other = tmp_path / "other-adapter"
+    shutil.copytree(adapter, other)
+    record = json.loads((other / "training_record.json").read_text())
+    record["base_model"]["id"] = "someone/else-7b"
+    (other / "training_record.json").write_text(json.dumps(record))
+    res = runner.invoke(
+        main,
+        ["run", str(cfg), "--adapter", str(other), "--strategies", "qlora", "--out", str(tmp_path / "x")],
+    )
+    assert res.exit_code == 2
+    assert (
+        res.output.strip().startswith("error: adapter ")
+        and "trained for base model 'someone/else-7b'" in res.output
+    )
+
+
+def test_rag_qlora_hybrid_on_toy_set(write_config, tmp_path):
+    cfg = load_config(
+        write_config(
+            strategies=[{"name": "rag+qlora", "id": "rag_qlora", "top_k": 2, "raft_p_gold": 0.5, **FAST}]
+        )
+    )
+    result = run(cfg, run_dir=tmp_path / "run", progress=False)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    cost = manifest["strategies"]["rag_qlora"]["cost"]
+    assert cost["training"]["quantization"] == "4bit" and cost["n_chunks"] == 5
+    assert cost["raft"]["train"]["n"] == 6 and 0 < cost["raft"]["train"]["with_gold"] < 6
+    rec = json.loads((result.run_dir / "training" / "rag_qlora.json").read_text())
+    assert rec["val_loss_final"] < rec["val_loss_base"]
+    preds = [p for p in load_predictions(result.run_dir / "predictions.jsonl")]
+    assert len(preds) == 6 and all(len(p["extra"]["retrieved"]) == 2 for p in preds)
+    # Test-time retrieval sees the kb_updates overlay (training used the pre-update KB).
+    assert next(p for p in preds if p["example_id"] == "te-6")["extra"]["retrieved"][0]["doc_id"] == "returns"
+    assert (
+        "recall@2"
+        in json.loads((result.run_dir / "scores.json").read_text())["strategies"]["rag_qlora"][
+            "strategy_metrics"
+        ]
+    )

@@ -1,0 +1,203 @@
+"""Adapter-training plumbing without training: tokenisation and masks, params, RAFT contexts, merge, CLI args."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.config import load_config
+from harness.data import Document
+from harness.errors import ConfigError
+from harness.generation import TransformersBackend
+from harness.models import load_model
+from harness.runner import use_adapters
+from strategies import registry
+from strategies.rag_qlora import raft_context
+from strategies.retrieval import RetrievedChunk
+from strategies.training import (
+    TrainParams,
+    completion_loss,
+    completion_text,
+    encode_example,
+    kb_chunks,
+    planned_steps,
+)
+
+TOY_SET = Path(__file__).parent / "fixtures" / "toy_set"
+PROMPT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "How long is the return window?"},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, tmp_path_factory):
+    cfg = load_config_for(tiny_model_dir, tmp_path_factory.mktemp("cfg"))
+    loaded = load_model(cfg.model, tmp_path_factory.mktemp("cache"))
+    return TransformersBackend(loaded)
+
+
+def load_config_for(model_dir, folder):
+    import yaml
+
+    path = folder / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"id": str(model_dir)},
+                "eval_set": {"path": str(TOY_SET)},
+                "strategies": [{"name": "qlora"}],
+            }
+        )
+    )
+    return load_config(path)
+
+
+def test_completion_is_answer_plus_end_of_turn_and_masks_only_it(tiny):
+    tok = tiny.tokenizer
+    text = completion_text(tok, tiny.render, PROMPT, "45 days.")
+    assert text == "45 days.<|im_end|>"
+    row = encode_example(tok, tiny.render, PROMPT, "45 days.", max_len=512)
+    ids, mask = row["input_ids"], row["completion_mask"]
+    assert len(ids) == len(mask) and mask[0] == 0 and mask[-1] == 1
+    n_prompt = mask.index(1)
+    # The prompt part is tokenised exactly like the backend tokenises prompts at inference time.
+    assert ids[:n_prompt] == tok(tiny.render(PROMPT), add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[n_prompt:]) == "45 days.<|im_end|>"
+    assert set(mask[n_prompt:]) == {1}
+
+
+def test_overlong_prompt_loses_its_start_not_the_answer(tiny):
+    long_prompt = [{"role": "user", "content": "word " * 400 + "How long is the return window?"}]
+    row = encode_example(tiny.tokenizer, tiny.render, long_prompt, "45 days.", max_len=64)
+    assert len(row["input_ids"]) == 64
+    assert tiny.tokenizer.decode(
+        [t for t, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m]
+    ) == ("45 days.<|im_end|>")
+    assert "return window?" in tiny.tokenizer.decode(row["input_ids"])
+
+
+def test_kb_chunks_train_every_token_and_respect_length(tiny):
+    doc = Document(id="d", title="Returns", text="You can return a bike within 45 days. " * 40, source="x")
+    chunks = kb_chunks(tiny.tokenizer, [doc], max_len=48)
+    assert len(chunks) > 2
+    assert all(len(c["input_ids"]) <= 48 and set(c["completion_mask"]) == {1} for c in chunks)
+    assert chunks[-1]["input_ids"][-1] == tiny.tokenizer.eos_token_id
+
+
+def test_completion_loss_ignores_prompt_tokens(tiny):
+    row = encode_example(tiny.tokenizer, tiny.render, PROMPT, "45 days.", max_len=512)
+    pad = tiny.tokenizer.pad_token_id
+    loss = completion_loss(tiny.model, [row], pad)
+    assert loss > 0 and torch.isfinite(torch.tensor(loss))
+    # Token-weighted mean over completion tokens only: duplicating the row or batching differently
+    # (padding) leaves it unchanged; a longer prompt with the same answer changes it only via context.
+    assert completion_loss(tiny.model, [row, row], pad, batch_size=1) == pytest.approx(loss, rel=1e-5)
+    longer = encode_example(
+        tiny.tokenizer, tiny.render, [*PROMPT[:1], {"role": "user", "content": "Hi. " * 20}], "45 days.", 512
+    )
+    assert completion_loss(tiny.model, [row, longer], pad, batch_size=2) == pytest.approx(
+        (completion_loss(tiny.model, [row], pad) + completion_loss(tiny.model, [longer], pad)) / 2, rel=1e-4
+    )
+
+
+def test_train_params_defaults_and_errors():
+    p = TrainParams()
+    assert (p.r, p.alpha, p.dropout, p.target_modules, p.learning_rate) == (16, 32, 0.05, "all-linear", 2e-4)
+    assert p.quantization == "4bit" and p.lr_scheduler == "cosine" and p.gradient_checkpointing
+    assert planned_steps(TrainParams(batch_size=8, epochs=2), 20) == 6
+    assert planned_steps(TrainParams(max_steps=5), 1000) == 5
+    from harness.config import StrategySpec
+
+    with pytest.raises(ConfigError, match=r"c.yaml: strategies\[0\].r: must be > 0"):
+        registry.build(StrategySpec(name="qlora", r=0), 0, "c.yaml")
+    with pytest.raises(ConfigError, match=r"strategies\[0\].quantizaton: unknown key"):
+        registry.build(StrategySpec(name="qlora", quantizaton="4bit"), 0, "c.yaml")
+    with pytest.raises(ConfigError, match=r"strategies\[0\].adapter_path: .*adapter folder not found"):
+        registry.build(StrategySpec(name="rag+qlora", adapter_path="/nonexistent/adapter"), 0, "c.yaml")
+
+
+def test_adapter_path_must_be_a_peft_folder(tmp_path):
+    from harness.config import StrategySpec
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="is not a peft adapter folder"):
+        registry.build(StrategySpec(name="qlora", adapter_path=str(tmp_path / "empty")), 0, "c.yaml")
+
+
+def _chunk(doc: str, score: float) -> RetrievedChunk:
+    return RetrievedChunk(chunk_id=f"{doc}#0", doc_id=doc, title=doc, text=doc, start=0, end=1, score=score)
+
+
+def test_raft_context_gold_and_distractor_modes():
+    pool = [_chunk(d, s) for d, s in [("a", 0.9), ("b", 0.8), ("c", 0.7), ("gold", 0.6), ("e", 0.5)]]
+    hits = pool[:2]
+    # Gold missed by top-2: swapped in for the last hit, order stays by score.
+    chunks, has_gold = raft_context(hits, pool, {"gold"}, 2, with_gold=True)
+    assert [c.doc_id for c in chunks] == ["a", "gold"] and has_gold
+    # Distractor-only: no gold document at all.
+    pool2 = [_chunk(d, s) for d, s in [("gold", 0.9), ("b", 0.8), ("c", 0.7)]]
+    chunks, has_gold = raft_context(pool2[:2], pool2, {"gold"}, 2, with_gold=False)
+    assert [c.doc_id for c in chunks] == ["b", "c"] and not has_gold
+    # Gold already retrieved: unchanged.
+    chunks, has_gold = raft_context(pool2[:2], pool2, {"gold"}, 2, with_gold=True)
+    assert [c.doc_id for c in chunks] == ["gold", "b"] and has_gold
+    # No gold documents known for the question: plain retrieval.
+    chunks, has_gold = raft_context(hits, pool, set(), 2, with_gold=True)
+    assert chunks == hits and not has_gold
+
+
+def test_merge_matches_unmerged_adapter_and_unmerge_restores_base(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = load_config_for(tiny_model_dir, tmp_path)
+    # A random (non-zero) LoRA adapter saved to disk.
+    donor = load_model(cfg.model, tmp_path / "c1").model
+    peft_model = get_peft_model(
+        donor, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    backend = TransformersBackend(load_model(cfg.model, tmp_path / "c2"))
+    x = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+    def logits(adapter):
+        with torch.no_grad(), backend._adapter_context(adapter):
+            return backend.model(input_ids=x).logits
+
+    backend.load_adapter(str(tmp_path / "adapter"), "a")
+    base, with_adapter = logits(None), logits("a")
+    assert not torch.allclose(base, with_adapter, atol=1e-4)
+    backend.merge_adapter("a")
+    assert backend.merged_adapter == "a"
+    assert torch.allclose(logits("a"), with_adapter, atol=1e-4)
+    assert backend.merged_adapter == "a"
+    assert torch.allclose(logits(None), base, atol=1e-4)  # another request unmerges first
+    assert backend.merged_adapter is None
+
+
+def test_use_adapters_targets_adapter_strategies_only(write_config, tmp_path):
+    cfg = load_config(write_config(strategies=[{"name": "prompt", "id": "p"}, {"name": "qlora", "id": "q"}]))
+    use_adapters(cfg, [str(tmp_path / "ad")])
+    assert cfg.strategies[1].params["adapter_path"] == str((tmp_path / "ad").resolve())
+    assert "adapter_path" not in cfg.strategies[0].params
+    with pytest.raises(ConfigError, match=r"--adapter p=x: strategy 'p' does not take an adapter .*: q\)"):
+        use_adapters(cfg, ["p=x"])
+    only_prompt = load_config(write_config(strategies=[{"name": "prompt"}], name="p.yaml"))
+    with pytest.raises(ConfigError, match="no strategy here takes an adapter"):
+        use_adapters(only_prompt, ["x"])
+
+
+def test_cli_adapter_errors_are_one_line(write_config, tmp_path):
+    cfg = write_config(strategies=[{"name": "qlora", "id": "q"}])
+    res = CliRunner().invoke(main, ["run", str(cfg), "--adapter", str(tmp_path / "missing")])
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0 and "adapter folder not found" in res.output
+    res = CliRunner().invoke(
+        main, ["train", str(write_config(strategies=[{"name": "prompt"}], name="p.yaml"))]
+    )
+    assert res.exit_code == 2 and "no strategy here trains anything" in res.output
