@@ -297,7 +297,15 @@ class Engine:
             x = self.value(sid, name)
             return x if math.isfinite(x) else float("inf")
 
-        return (v(COST_KEY), v("setup_time_min"), v("latency_p95_ms"), self.order.index(sid))
+        # Costs within 2 significant digits count as equal; then less setup, then lower p95 latency.
+        cost = v(COST_KEY)
+        cost = float(f"{cost:.2g}") if math.isfinite(cost) else cost
+        return (cost, v("setup_time_min"), v("latency_p95_ms"), self.order.index(sid))
+
+    def _cost_text(self, sid: str) -> str:
+        setup = self.value(sid, "setup_time_min")
+        text = f"{_fmt(COST_KEY, self.value(sid, COST_KEY))} per 1,000 queries"
+        return text + (f", {setup:.1f} min setup" if math.isfinite(setup) else "")
 
     # -- words ---------------------------------------------------------------------------------
     def _ci_text(self, sid: str, name: str) -> str:
@@ -346,10 +354,10 @@ class Engine:
             else:
                 d.headline = f"No significant difference; prefer the cheaper: {rec}"
                 cheap = (
-                    f"{rec} is the cheapest of the tied strategies ({_fmt(COST_KEY, self.value(rec, COST_KEY))} "
-                    f"per 1,000 queries vs {_fmt(COST_KEY, self.value(top, COST_KEY))} for {top})"
+                    f"{rec} is the cheapest of the tied strategies ({self._cost_text(rec)}; "
+                    f"{top}: {self._cost_text(top)})"
                     if rec != top
-                    else f"{rec} is also the cheapest of them ({_fmt(COST_KEY, self.value(rec, COST_KEY))} per 1,000 queries)"
+                    else f"{rec} is also the cheapest of them ({self._cost_text(rec)})"
                 )
                 d.detail = (
                     f"{top} ranks first ({by[top]['score']:.3f} vs {by[r2]['score']:.3f} for {r2}) but its lead "
@@ -498,7 +506,14 @@ class Engine:
                             "change": abs(trial_w - w) / total,
                             "text": f"{new.recommended} would be recommended if the weight on {_lc(measure(m).label)} were "
                             f"{trial_w:.2f} instead of {w:.2f} ({share:.0f}% of the total weight"
-                            + ("; its lead would be significant)." if new.significant else ")."),
+                            + (
+                                "; its lead would be significant)."
+                                if new.significant
+                                else f"; {new.top} would rank first without a significant lead and "
+                                f"{new.recommended} is the cheapest of those tied with it)."
+                                if new.top != new.recommended
+                                else ")."
+                            ),
                         }
                     )
                     break

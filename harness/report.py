@@ -166,7 +166,7 @@ def _charts(an: Analysis) -> dict[str, Any]:
         x_label="p95 latency per example (ms)",
         y_label=measure(p).label,
         x_fmt=lambda v: f"{v:,.0f}",
-        y_fmt=lambda v: f"{100 * v:.0f}%",
+        y_fmt=lambda v: f"{round(100 * v, 1):g}%",
     )
     cost_panels = []
     for name in (
