@@ -84,6 +84,9 @@ class TrainParams(Params):
     validation_split: str = Field(
         "validation", description="held out from train (10%) when the eval set has no such split"
     )
+    validation_limit: int | None = Field(
+        None, gt=0, description="validate on the first N examples only (each pass costs a forward over them)"
+    )
     cache: bool = Field(True, description="reuse an adapter trained with the same key")
 
 
@@ -122,6 +125,7 @@ class TrainData:
     kb_chunks: int
     validation_source: str
     digest: str
+    n_truncated: int = 0
 
 
 @dataclass
@@ -169,15 +173,22 @@ def kb_chunks(tokenizer: Any, documents: list[Document], max_len: int) -> list[d
     out = []
     for doc in documents:
         ids = tokenizer(f"# {doc.title}\n\n{doc.text}", add_special_tokens=False)["input_ids"] + eos
-        step = max_len
-        for i in range(0, len(ids), step):
-            piece = ids[i : i + step]
+        for i in range(0, len(ids), max_len):
+            piece = ids[i : i + max_len]
             if len(piece) > 8:
                 out.append({"input_ids": piece, "completion_mask": [1] * len(piece)})
     return out
 
 
 def split_rows(ctx: RunContext, params: TrainParams) -> tuple[list[dict], list[dict], str]:
+    train, validation, source = _split_rows(ctx, params)
+    if params.validation_limit and len(validation) > params.validation_limit:
+        validation = validation[: params.validation_limit]
+        source += f" (first {params.validation_limit})"
+    return train, validation, source
+
+
+def _split_rows(ctx: RunContext, params: TrainParams) -> tuple[list[dict], list[dict], str]:
     es = ctx.eval_set
     if params.train_split not in es.splits:
         have = ", ".join(sorted(es.splits)) or "none"
@@ -214,13 +225,20 @@ def build_data(ctx: RunContext, params: TrainParams, prompts: PromptBuilder) -> 
 
     train = encode(train_rows, "train")
     validation = encode(val_rows, "validation")
+    cut = sum(len(r["input_ids"]) >= params.max_seq_length for r in train + validation)
+    if cut:
+        log.warning(
+            "%d training/validation prompts fill max_seq_length=%d and lost their start; raise max_seq_length",
+            cut,
+            params.max_seq_length,
+        )
     kb = kb_chunks(tokenizer, ctx.eval_set.documents, params.max_seq_length) if params.include_kb else []
     h = hashlib.sha256()
     for name, rows in (("train", train + kb), ("validation", validation)):
         h.update(name.encode())
         for r in rows:
             h.update(json.dumps(r, separators=(",", ":")).encode())
-    return TrainData(train + kb, validation, len(kb), val_source, h.hexdigest())
+    return TrainData(train + kb, validation, len(kb), val_source, h.hexdigest(), cut)
 
 
 def _tokenizer(ctx: RunContext) -> Any:
@@ -424,11 +442,22 @@ def planned_steps(params: TrainParams, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * params.epochs))
 
 
-def _log_callback(logger: logging.Logger, label: str):
+def progress_callback(logger: logging.Logger, label: str):
     """Compact progress lines in the adaptbench log (tqdm bars are disabled for training)."""
     from transformers import TrainerCallback
 
     class LogCallback(TrainerCallback):
+        """Also times the optimizer steps alone (no evaluation or checkpointing) for tokens/s."""
+
+        step_seconds = 0.0
+        _t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_seconds += time.perf_counter() - self._t0
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             for key, what in (("eval_loss", "val loss"), ("loss", "loss")):
@@ -501,7 +530,7 @@ def build_trainer(
         dataloader_num_workers=0,
         **precision_flags(device),
     )
-    callbacks: list[Any] = [_log_callback(log, label)]
+    callbacks: list[Any] = [progress_callback(log, label)]
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
     trainer = SFTTrainer(
@@ -597,6 +626,7 @@ def train_adapter(
             trainer = build_trainer(
                 model, tokenizer, params, data, device, tmp / "checkpoints", ctx.seed, label
             )
+            timer = step_timer(trainer)
             trainable, total = trainer.model.get_nb_trainable_parameters()
             base_eval = trainer.evaluate()
             start = time.perf_counter()
@@ -623,6 +653,7 @@ def train_adapter(
             "n_train_sequences": len(data.train),
             "n_kb_chunks": data.kb_chunks,
             "n_validation": len(data.validation),
+            "n_truncated": data.n_truncated,
             "validation_source": data.validation_source,
             "planned_steps": planned_steps(params, len(data.train)),
             "steps": int(state.global_step),
@@ -631,8 +662,9 @@ def train_adapter(
             "best_step": _best_step(state),
             "tokens_seen": tokens,
             "train_seconds": round(train_seconds, 3),
+            "step_seconds": round(timer.step_seconds, 3),
             "load_seconds": round(load_seconds, 3),
-            "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
+            "tokens_per_s": round(tokens / timer.step_seconds, 1) if timer.step_seconds > 0 else None,
             "peak_memory_bytes": int(mem.peak),
             "peak_memory_kind": mem.kind,
             "rss_before_bytes": int(mem.start_rss),
@@ -660,6 +692,11 @@ def train_adapter(
         label, record["steps"], record["train_seconds"], record["val_loss_base"], record["val_loss_final"], target,
     )  # fmt: skip
     return TrainResult(target, record, False, data)
+
+
+def step_timer(trainer: Any) -> Any:
+    """The trainer's log callback, which also sums the time spent in optimizer steps."""
+    return next(cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "step_seconds"))
 
 
 def final_val_loss(trainer: Any, history: list[dict[str, Any]]) -> float:

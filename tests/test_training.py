@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from harness.cli import main
 from harness.config import load_config
 from harness.data import Document
-from harness.errors import ConfigError
+from harness.errors import ConfigError, DataError
 from harness.generation import TransformersBackend
 from harness.models import load_model
 from harness.runner import use_adapters
@@ -201,3 +201,24 @@ def test_cli_adapter_errors_are_one_line(write_config, tmp_path):
         main, ["train", str(write_config(strategies=[{"name": "prompt"}], name="p.yaml"))]
     )
     assert res.exit_code == 2 and "no strategy here trains anything" in res.output
+
+
+def test_validation_split_limit_and_hold_out(write_config, tmp_path):
+    from harness.data import load_eval_set
+    from strategies.base import RunContext
+    from strategies.training import split_rows
+
+    cfg = load_config(write_config(strategies=[{"name": "qlora"}]))
+    ctx = RunContext(
+        cfg, load_eval_set(cfg.eval_set.path), backend=None, run_dir=tmp_path, cache_dir=tmp_path, seed=0
+    )
+    train, val, source = split_rows(ctx, TrainParams())
+    assert (len(train), len(val), source) == (6, 3, "validation")
+    train, val, source = split_rows(ctx, TrainParams(validation_limit=2))
+    assert len(val) == 2 and source == "validation (first 2)"
+    # No such split: 10% of train (at least one example) held out, deterministically by seed.
+    train, val, source = split_rows(ctx, TrainParams(validation_split="dev"))
+    assert len(train) == 5 and len(val) == 1 and "held out" in source
+    assert split_rows(ctx, TrainParams(validation_split="dev"))[1] == val
+    with pytest.raises(DataError, match="adapter training needs a 'tune' split"):
+        split_rows(ctx, TrainParams(train_split="tune"))
