@@ -1,0 +1,231 @@
+"""Training benchmark: adaptbench's trainer (trl SFTTrainer, QLoRA) vs a plain transformers.Trainer + peft LoRA.
+
+    python bench/bench_training.py [--model smollm2-135m-instruct|tiny|PATH] [--device cpu|cuda]
+                                   [--steps 4] [--batch-size 4] [--gradient-checkpointing]
+
+Arms (same base model, same tokenised data from the demo train split, same batch size and steps, each in a
+fresh subprocess so peak memory is that arm's own):
+
+  baseline        transformers.Trainer + peft LoRA on the full-precision base, padding collator
+  sft_lora        adaptbench trainer (trl SFTTrainer), LoRA on the full-precision base (bf16 on CUDA)
+  sft_qlora       adaptbench trainer, 4-bit NF4 + double quant base (QLoRA) -- the ``qlora`` strategy default
+  sft_qlora_pack  the same with sequence packing (bfd) on
+
+Reported: trained (non-padding) tokens/s over the optimizer steps alone, wall seconds of ``train()``, peak memory (process RSS
+on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and ratios against the baseline measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ARMS = ("baseline", "sft_lora", "sft_qlora", "sft_qlora_pack")
+SYSTEM = (
+    "You are the customer-support assistant of Nimbus Cycles, an e-bike company. "
+    "Answer the customer's question in one short, factual sentence."
+)
+
+
+def model_config(args):
+    from harness.config import ModelConfig
+
+    if args.model == "tiny":
+        from harness.tiny_model import build_tiny_model
+
+        folder = Path(tempfile.gettempdir()) / "adaptbench-bench-tiny"
+        if not (folder / "config.json").is_file():
+            build_tiny_model(folder)
+        return ModelConfig(id=str(folder), device=args.device)
+    return ModelConfig(id=args.model, device=args.device)
+
+
+def training_rows(loaded, n: int, max_len: int):
+    """The demo train split as (prompt, answer) chat examples, tokenised exactly as the qlora strategy does."""
+    from harness.data import load_eval_set
+    from harness.generation import TransformersBackend
+    from strategies.training import TrainData, encode_example
+
+    backend = TransformersBackend(loaded)
+    rows = list(load_eval_set(REPO / "eval_sets" / "nimbus_support").split("train"))[:n]
+    enc = [
+        encode_example(
+            loaded.tokenizer,
+            backend.render,
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": r["question"]}],
+            r["answer"],
+            max_len,
+        )
+        for r in rows
+    ]
+    return TrainData(enc, [], 0, "none", "bench")
+
+
+def worker(arm: str, args) -> dict:
+    import torch
+    from transformers import set_seed
+
+    from harness.models import cache_root, load_model, resolve_device
+    from strategies.training import PeakMemory, TrainParams, build_trainer, prepare_for_training, step_timer
+
+    device = resolve_device(args.device)
+    set_seed(0)
+    quant = "4bit" if arm.startswith("sft_qlora") else "none"
+    with PeakMemory(device) as mem:
+        loaded = load_model(model_config(args), cache_root(), quantization=quant)
+        data = training_rows(loaded, args.batch_size * args.steps, args.max_len)
+        params = TrainParams(
+            quantization=quant,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=2e-4,
+            gradient_checkpointing=args.gradient_checkpointing,
+            packing=arm.endswith("_pack"),
+            max_seq_length=args.max_len,
+            warmup_ratio=0.0,
+        )
+        with tempfile.TemporaryDirectory() as out:
+            if arm == "baseline":
+                trainer = baseline_trainer(loaded, params, data, device, Path(out))
+            else:
+                model = prepare_for_training(loaded.model, quant, params)
+                trainer = build_trainer(
+                    model, loaded.tokenizer, params, data, device, Path(out), 0, arm, evaluate=False
+                )
+            timer = step_timer(trainer)
+            start = time.perf_counter()
+            trainer.train()
+            seconds = time.perf_counter() - start
+    tokens = int(trainer.state.num_input_tokens_seen)
+    return {
+        "arm": arm,
+        "device": device,
+        "quantization": quant,
+        "steps": int(trainer.state.global_step),
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "step_seconds": round(timer.step_seconds, 2),
+        "tokens_per_s": round(tokens / timer.step_seconds, 1),
+        "peak_memory_bytes": int(mem.peak),
+        "memory_kind": mem.kind,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def baseline_trainer(loaded, params, data, device: str, out: Path):
+    """Plain transformers.Trainer + peft LoRA: right padding, labels -100 outside the answer."""
+    import torch
+    from peft import get_peft_model
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from strategies.training import lora_config, optimizer_name, precision_flags, progress_callback
+
+    model = get_peft_model(loaded.model, lora_config(params))
+    pad = loaded.tokenizer.pad_token_id
+
+    def collate(rows):
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), n), pad)
+        labels = torch.full((len(rows), n), -100)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            mask[i, :k] = 1
+            labels[i, :k] = torch.tensor(
+                [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"], strict=True)]
+            )
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    targs = TrainingArguments(
+        output_dir=str(out),
+        max_steps=params.max_steps,
+        per_device_train_batch_size=params.batch_size,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        max_grad_norm=params.max_grad_norm,
+        optim=optimizer_name(params, device),
+        gradient_checkpointing=params.gradient_checkpointing,
+        include_num_input_tokens_seen="non_padding",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10_000,
+        use_cpu=device == "cpu",
+        remove_unused_columns=False,
+        seed=0,
+        **precision_flags(device),
+    )
+    timer = progress_callback(logging.getLogger("bench"), "baseline")
+    trainer = Trainer(
+        model=model, args=targs, train_dataset=data.train, data_collator=collate, callbacks=[timer]
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def run_arm(arm: str, argv: list[str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", arm, *argv], capture_output=True, text=True, cwd=REPO
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        return {"arm": arm, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="model id/path, or 'tiny'")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the results to this file")
+    args, _ = ap.parse_known_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return
+    argv = [
+        "--model", args.model, "--device", args.device, "--steps", str(args.steps),
+        "--batch-size", str(args.batch_size), "--max-len", str(args.max_len),
+    ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])  # fmt: skip
+    results = [run_arm(arm, argv) for arm in args.arms.split(",")]
+    base = next((r for r in results if r["arm"] == "baseline" and "error" not in r), None)
+    print(
+        f"model={args.model} device={args.device} steps={args.steps} batch={args.batch_size} "
+        f"gradient_checkpointing={args.gradient_checkpointing}"
+    )
+    print(f"{'arm':<16}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x base':>8}{'peak MiB':>10}{'x base':>8}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['arm']:<16} failed: {r['error']}")
+            continue
+        speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
+        memory = f"{r['peak_memory_bytes'] / base['peak_memory_bytes']:.2f}" if base else "-"
+        print(
+            f"{r['arm']:<16}{r['tokens']:>8}{r['seconds']:>9.1f}{r['tokens_per_s']:>9.1f}{speed:>8}"
+            f"{r['peak_memory_bytes'] / 2**20:>10.0f}{memory:>8}"
+        )
+    print(
+        f"peak memory = {results[0].get('memory_kind', '?')} of each arm's own process (model load + training)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
