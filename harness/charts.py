@@ -42,6 +42,22 @@ def _text(x: float, y: float, s: str, size: int = 12, anchor: str = "start", ext
     )
 
 
+def loss_range(ys: Sequence[float]) -> tuple[float, float]:
+    """Y range for loss curves: zoom to the data (losses rarely approach 0) on round tick values."""
+    if not ys:
+        return 0.0, 1.0
+    lo, hi = min(ys), max(ys)
+    span = (hi - lo) or max(abs(hi), 1.0) * 0.1
+    raw = (span * 1.2) / 4
+    exp = 10 ** math.floor(math.log10(raw))
+    steps = [m * exp * 10**k for k in range(3) for m in (1, 2, 2.5, 5)]
+    for step in (st for st in steps if st >= raw):
+        ymin = max(0.0, math.floor((lo - 0.1 * span) / step) * step)
+        if ymin + 4 * step >= hi:  # exactly four round steps
+            return round(ymin, 10), round(ymin + 4 * step, 10)
+    return 0.0, nice_max(hi)
+
+
 def nice_max(v: float) -> float:
     if not _finite(v) or v <= 0:
         return 1.0
@@ -273,8 +289,7 @@ def line_chart(
     xs = [x for s in series for x, _ in s["points"]]
     ys = [y for s in series for _, y in s["points"]]
     xmax = max(xs or [1.0]) or 1.0
-    ymax = nice_max(max(ys or [1.0]) * 1.05)
-    ymin = 0.0
+    ymin, ymax = loss_range(ys)
 
     def px(v: float) -> float:
         return left + plot_w * v / xmax
@@ -293,7 +308,7 @@ def line_chart(
         body.append(
             f'<line x1="{left}" y1="{py(yv):.1f}" x2="{width - right}" y2="{py(yv):.1f}" stroke="#d0d7de"/>'
         )
-        body.append(_text(left - 6, py(yv) + 4, f"{yv:.2f}", 11, "end"))
+        body.append(_text(left - 6, py(yv) + 4, f"{yv:.4g}", 11, "end"))
         xv = xmax * k / 4
         body.append(_text(px(xv), top + plot_h + 16, f"{xv:.0f}", 11, "middle"))
     body.append(

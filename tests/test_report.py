@@ -186,3 +186,46 @@ def test_cli_report_what_if_constraints_and_weights(tmp_path):
         res.exit_code == 2
         and "(with command-line overrides): decision.constraints: [0] unknown measure" in res.output
     )
+
+
+def test_charts_escape_labels_and_zoom_loss_axis():
+    from harness import charts
+
+    evil = '<script>alert(1)</script>"'
+    svg = str(
+        charts.grouped_bars([evil], [evil, "ok"], {(evil, evil): (0.5, 0.4, 0.6)}, title=evil)
+        + charts.scatter_ci(
+            [{"name": evil, "x": 100.0, "y": 0.5}],
+            title="t",
+            x_label=evil,
+            y_label="y",
+            x_fmt=str,
+            y_fmt=str,
+        )
+        + charts.hbars([evil], [1.0], title=evil, fmt=str)
+        + charts.line_chart(
+            [{"name": evil, "points": [(1, 3.0), (2, 2.5)]}], title="l", x_label="s", y_label="loss"
+        )
+    )
+    assert "<script" not in svg and "&lt;script&gt;alert(1)&lt;/script&gt;&#34;" in svg
+    assert charts.loss_range([6.30, 6.12, 6.05]) == (6.0, 6.4)  # zoomed, four round steps
+    assert charts.loss_range([3.0, 0.5]) == (0.0, 4.0)
+
+
+def test_loss_curves_come_from_the_training_record(tmp_path):
+    run = write_synthetic_run(tmp_path / "run")
+    (run / "training").mkdir()
+    record = {
+        "steps": 8,
+        "val_loss_base": 6.25,
+        "val_loss_final": 6.12,
+        "loss_curve": {
+            "train": [{"step": 1, "loss": 6.3}, {"step": 8, "loss": 6.0}],
+            "validation": [{"step": 8, "loss": 6.1}],
+        },
+    }
+    (run / "training" / "qlora.json").write_text(json.dumps(record))
+    write_report(run)
+    html = (run / "report.html").read_text()
+    assert "validation loss 6.250 → 6.120" in html and "8 steps" in html
+    assert 'stroke-dasharray="6 4"' in html  # the validation curve
