@@ -123,28 +123,16 @@ def worker(arm: str, args) -> dict:
 
 def baseline_trainer(loaded, params, data, device: str, out: Path):
     """Plain transformers.Trainer + peft LoRA: right padding, labels -100 outside the answer."""
-    import torch
     from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from strategies.training import lora_config, optimizer_name, precision_flags, progress_callback
+    from strategies.training import lora_config, optimizer_name, pad_batch, precision_flags, progress_callback
 
     model = get_peft_model(loaded.model, lora_config(params))
     pad = loaded.tokenizer.pad_token_id
 
     def collate(rows):
-        n = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), n), pad)
-        labels = torch.full((len(rows), n), -100)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ids[i, :k] = torch.tensor(r["input_ids"])
-            mask[i, :k] = 1
-            labels[i, :k] = torch.tensor(
-                [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"], strict=True)]
-            )
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return pad_batch(rows, pad)
 
     targs = TrainingArguments(
         output_dir=str(out),

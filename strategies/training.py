@@ -559,6 +559,22 @@ def loss_curve(history: list[dict[str, Any]], val_loss_base: float) -> dict[str,
     return {"train": train, "validation": [{"step": 0, "loss": round(val_loss_base, 5)}, *val]}
 
 
+def pad_batch(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (-100 outside the completion)."""
+    n = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for j, r in enumerate(rows):
+        k = len(r["input_ids"])
+        ids[j, :k] = torch.tensor(r["input_ids"])
+        mask[j, :k] = 1
+        labels[j, :k] = torch.tensor(
+            [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"], strict=True)]
+        )
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 @torch.no_grad()
 def completion_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> float:
     """Token-weighted cross-entropy on completion tokens (the same rows the trainer validates on)."""
@@ -567,20 +583,10 @@ def completion_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, b
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        n = max(len(r["input_ids"]) for r in chunk)
-        ids = torch.full((len(chunk), n), pad_id, dtype=torch.long)
-        labels = torch.full((len(chunk), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), n), dtype=torch.long)
-        for j, r in enumerate(chunk):
-            k = len(r["input_ids"])
-            ids[j, :k] = torch.tensor(r["input_ids"])
-            mask[j, :k] = 1
-            labels[j, :k] = torch.tensor(
-                [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"], strict=True)]
-            )
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
-        target = labels[:, 1:].to(device)
+        batch = pad_batch(rows[i : i + batch_size], pad_id)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = batch["labels"][:, 1:].to(device)
         total += torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
         ).item()
