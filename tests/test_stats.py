@@ -155,6 +155,6 @@ def test_bootstrap_p_value_and_shared_indices():
 
 def test_fast_holm_equals_statsmodels():
     rng = np.random.default_rng(5)
-    for size in (1, 2, 5, 12):
+    for size in (1, 12):
         p = list(rng.uniform(0, 0.2, size)) + [0.01, 0.01]  # ties included
         assert holm_fast(p, 0.05) == (holm(p, 0.05)[0], [pytest.approx(x) for x in holm(p, 0.05)[1]])
