@@ -268,7 +268,10 @@ class Engine:
         significant = all(c["significant"] for c in lead)
         stacked = np.vstack([np.broadcast_to(score_boot[s], score_boot[top].shape) for s in ranked])
         ok = np.all(np.isfinite(stacked), axis=0)
-        confidence = float(np.mean(np.argmax(stacked[:, ok], axis=0) == 0)) if ok.any() else None
+        confidence = None
+        if ok.any():  # share of resamples in which ``top`` scores highest (exact ties count half)
+            mine, best_other = stacked[0, ok], stacked[1:, ok].max(axis=0)
+            confidence = float(np.mean(mine > best_other) + 0.5 * np.mean(mine == best_other))
         tie_set = [top] + [c["vs"] for c in lead if not c["significant"]]
         if significant:
             recommended, reason = top, "significant"

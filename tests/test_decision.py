@@ -216,3 +216,10 @@ def test_sensitivity_ignores_jitter_below_display_precision():
     assert not any(n.get("measure") == "peak_memory_gb" for n in notes)
     lat = next(n for n in notes if n.get("measure") == "latency_p95_ms")
     assert lat["winner"] == "b" and "under 100 ms" in lat["text"]
+
+
+def test_identical_strategies_are_a_tie_not_a_confident_win():
+    same = {"token_f1": 0.4, "latency_p95_ms": 100.0, "total_cost_per_1k_usd": 0.004}
+    d = _engine({"a": dict(same), "b": dict(same)}, weights={"token_f1": 1.0}).decide()
+    assert d.reason == "not_significant" and d.confidence == pytest.approx(0.5)
+    assert d.lead[0]["p_value"] == 1.0 and d.recommended == "a"
