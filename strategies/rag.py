@@ -8,11 +8,13 @@ See ``strategies/retrieval.py`` for the reusable pieces and ``docs/rag.md`` for 
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import jinja2
 from pydantic import Field, field_validator
 
+from harness.errors import ConfigError
 from harness.generation import Prompt
 from strategies.base import Answer, RunContext, Strategy, answers_from
 from strategies.registry import register
@@ -22,7 +24,9 @@ from strategies.retrieval import (
     RetrievedChunk,
     Retriever,
     build_rag_prompt,
+    render_rag_user,
     retrieval_metrics,
+    source_chunk_id,
 )
 from strategies.templates import load_template
 
@@ -39,6 +43,17 @@ class RagParams(RetrievalParams):
         description="Jinja2 user-message template (bundled .j2 name, file path or inline text); "
         "gets `question`, `chunks` and `context`",
     )
+    context_sentences: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="context compression: put only the N sentences of the retrieved chunks most similar "
+        "to the question in the prompt (None = whole chunks)",
+    )
+    shots: int = Field(
+        0, ge=0, le=16, description="RAG-format demonstrations (question + its retrieved context + answer)"
+    )
+    example_split: str = Field("train", description="split the demonstrations are drawn from")
     faithfulness: bool = Field(True, description="score each answer's groundedness in its context")
 
     @field_validator("template")
@@ -71,6 +86,7 @@ class RagStrategy(Strategy):
         super().prepare(ctx)
         self.template = load_template(self.params.template, DEFAULT_RAG_TEMPLATE)
         self.retriever = Retriever.for_context(ctx, self.params)
+        self.history, self.shot_ids = self.demonstrations(ctx)
         info = self.retriever.info
         self.cost.update(
             {
@@ -85,28 +101,80 @@ class RagStrategy(Strategy):
                 "cache_key": info["cache_key"],
                 "kb_updates": info.get("kb_updates", {"applied": 0}),
                 "top_k": self.params.top_k,
+                "context_sentences": self.params.context_sentences,
+                "shots": len(self.shot_ids),
                 "notes": [
                     f"{self.params.index} index over {self.retriever.n_chunks} chunks "
                     f"({self.params.chunk_tokens} tokens, overlap {self.params.chunk_overlap}), "
-                    f"top-{self.params.top_k}, index cache {info['cache']}",
+                    f"top-{self.params.top_k}"
+                    + (
+                        f" -> {self.params.context_sentences} sentences"
+                        if self.params.context_sentences
+                        else ""
+                    )
+                    + (f", {len(self.shot_ids)}-shot" if self.shot_ids else "")
+                    + f", index cache {info['cache']}",
                     info.get("kb_updates", {}).get("summary", "no kb updates"),
                 ],
             }
         )
 
+    # -- context -------------------------------------------------------------------------------
+    def context_for(
+        self, questions: list[str], hits: list[list[RetrievedChunk]]
+    ) -> list[list[RetrievedChunk]]:
+        """What goes into the prompt for each question: the retrieved chunks, or (with
+        ``context_sentences``) their sentences most similar to the question."""
+        if self.params.context_sentences:
+            return self.retriever.select_sentences(questions, hits, self.params.context_sentences)
+        return [list(h) for h in hits]
+
+    def demonstrations(self, ctx: RunContext) -> tuple[Prompt, list[str]]:
+        """``shots`` demonstration turns in the test-time format (question + its own retrieved context,
+        then the reference answer). Drawn deterministically by seed from ``example_split`` among the
+        examples whose top-ranked chunk comes from one of their gold documents (so the demonstrations
+        show answering from a relevant context); all examples qualify when none has ``context_ids``."""
+        if not self.params.shots:
+            return [], []
+        pool = ctx.eval_set.splits.get(self.params.example_split)
+        if pool is None or len(pool) < self.params.shots:
+            have = 0 if pool is None else len(pool)
+            raise ConfigError(
+                f"strategy {self.id!r}: shots={self.params.shots} needs that many examples in split "
+                f"{self.params.example_split!r} (it has {have})"
+            )
+        rows = list(pool)
+        hits = self.retriever.search([r["question"] for r in rows])
+        grounded = [
+            i
+            for i, (r, h) in enumerate(zip(rows, hits, strict=True))
+            if h and h[0].doc_id in (r["context_ids"] or [])
+        ]
+        candidates = grounded if len(grounded) >= self.params.shots else list(range(len(rows)))
+        chosen = sorted(random.Random(ctx.seed).sample(candidates, self.params.shots))
+        contexts = self.context_for([rows[i]["question"] for i in chosen], [hits[i] for i in chosen])
+        history: Prompt = []
+        for i, context in zip(chosen, contexts, strict=True):
+            history.append(
+                {"role": "user", "content": render_rag_user(rows[i]["question"], context, self.template)}
+            )
+            history.append({"role": "assistant", "content": rows[i]["answer"]})
+        return history, [rows[i]["id"] for i in chosen]
+
     def _prompt_for(
-        self, example: dict[str, Any], hits: list[RetrievedChunk]
+        self, example: dict[str, Any], hits: list[RetrievedChunk], context: list[RetrievedChunk]
     ) -> tuple[Prompt, dict[str, Any], list[RetrievedChunk]]:
         assert self.ctx is not None
         prompt, used = build_rag_prompt(
             self.ctx.backend,
             self.params.system_prompt,
             example["question"],
-            hits,
+            context,
             self.ctx.config.generation.max_new_tokens,
             self.template,
+            history=self.history,
         )
-        used_ids = {c.chunk_id for c in used}
+        used_ids = {source_chunk_id(c.chunk_id) for c in used}
         extra: dict[str, Any] = {
             "retrieved": [
                 {
@@ -119,17 +187,27 @@ class RagStrategy(Strategy):
             ],
             "metrics": retrieval_metrics(hits, example.get("context_ids") or [], self.params.top_k),
         }
+        if self.params.context_sentences:
+            extra["context"] = [{"id": c.chunk_id, "score": round(c.score, 4)} for c in used]
+        if self.shot_ids:
+            extra["shot_ids"] = self.shot_ids
         return prompt, extra, used
 
     def build_prompt(self, example: dict[str, Any]) -> tuple[Prompt, dict[str, Any]]:
-        hits = self.retriever.search([example["question"]])[0]
-        prompt, extra, _ = self._prompt_for(example, hits)
+        hits = self.retriever.search([example["question"]])
+        context = self.context_for([example["question"]], hits)
+        prompt, extra, _ = self._prompt_for(example, hits[0], context[0])
         return prompt, extra
 
     def predict(self, batch: list[dict[str, Any]]) -> list[Answer]:
         assert self.ctx is not None, "prepare() must run before predict()"
-        all_hits = self.retriever.search([ex["question"] for ex in batch])
-        built = [self._prompt_for(ex, hits) for ex, hits in zip(batch, all_hits, strict=True)]
+        questions = [ex["question"] for ex in batch]
+        all_hits = self.retriever.search(questions)
+        contexts = self.context_for(questions, all_hits)
+        built = [
+            self._prompt_for(ex, hits, context)
+            for ex, hits, context in zip(batch, all_hits, contexts, strict=True)
+        ]
         result = self.ctx.backend.generate(
             [p for p, _, _ in built], self.ctx.config.generation, adapter=self.adapter
         )

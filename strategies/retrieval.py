@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -197,6 +198,47 @@ def chunk_document(doc: Document, tokenizer: Any, size: int, overlap: int) -> li
 
 def chunk_documents(docs: Sequence[Document], tokenizer: Any, size: int, overlap: int) -> list[Chunk]:
     return [c for d in docs for c in chunk_document(d, tokenizer, size, overlap)]
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
+_LEADING_MARKUP = "-*#>|• \t"
+
+
+def split_sentences(chunk: Chunk, min_words: int = 3) -> list[Chunk]:
+    """Sentences (and list items / lines) of a chunk as sub-chunks with document offsets.
+
+    Leading Markdown markup (``- ``, ``# ``, ``> ``) is dropped; pieces shorter than ``min_words``
+    words (headings, table rules) are skipped. Ids are ``<chunk_id>.s<n>``.
+    """
+    out: list[Chunk] = []
+    pos = 0
+    breaks = [*_SENTENCE_BREAK.finditer(chunk.text), None]
+    for m in breaks:
+        seg_start, seg_end = pos, (m.start() if m else len(chunk.text))
+        pos = m.end() if m else len(chunk.text)
+        seg = chunk.text[seg_start:seg_end]
+        lead = len(seg) - len(seg.lstrip(_LEADING_MARKUP))
+        seg = seg[lead:].rstrip()
+        if len(seg.split()) < min_words:
+            continue
+        start = chunk.start + seg_start + lead
+        out.append(
+            Chunk(
+                chunk_id=f"{chunk.chunk_id}.s{len(out)}",
+                doc_id=chunk.doc_id,
+                title=chunk.title,
+                text=seg,
+                start=start,
+                end=start + len(seg),
+            )
+        )
+    return out
+
+
+def source_chunk_id(piece_id: str) -> str:
+    """The chunk a sentence piece (``<chunk_id>.s<n>``) came from; chunk ids map to themselves."""
+    head, sep, tail = piece_id.rpartition(".s")
+    return head if sep and tail.isdigit() else piece_id
 
 
 # -- hashing / cache ------------------------------------------------------------------------------
@@ -504,6 +546,15 @@ class Retriever:
             return []
         return self.search_vectors(self.embed_queries(queries), k)
 
+    def select_sentences(
+        self, questions: Sequence[str], hits: Sequence[Sequence[RetrievedChunk]], n: int
+    ) -> list[list[RetrievedChunk]]:
+        """Context compression: per question, the ``n`` sentences of its retrieved chunks most similar
+        to it (same embedding model), best first, as ``RetrievedChunk`` pieces with ids
+        ``<chunk_id>.s<n>`` and document offsets. Questions whose chunks have no sentences keep the chunks.
+        """
+        return _select_sentences_impl(self, questions, hits, n)
+
     def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[RetrievedChunk]]:
         import faiss
 
@@ -531,6 +582,36 @@ class Retriever:
                 hits.append(RetrievedChunk.of(chunk, score))
             out.append(hits)
         return out
+
+
+def _select_sentences_impl(
+    retriever: Retriever, questions: Sequence[str], hits: Sequence[Sequence[RetrievedChunk]], n: int
+) -> list[list[RetrievedChunk]]:
+    per_question: list[list[Chunk]] = []
+    texts: dict[str, int] = {}
+    for row in hits:
+        seen: set[str] = set()
+        cands = []
+        for chunk in row:
+            for sent in split_sentences(chunk):
+                if sent.text not in seen:  # overlapping chunks repeat sentences
+                    seen.add(sent.text)
+                    cands.append(sent)
+                    texts.setdefault(sent.text, len(texts))
+        per_question.append(cands)
+    if not texts:
+        return [list(row) for row in hits]
+    vectors = embed(retriever.embedder, list(texts), retriever.params)
+    queries = retriever.embed_queries(questions)
+    out: list[list[RetrievedChunk]] = []
+    for q, cands, row in zip(queries, per_question, hits, strict=True):
+        if not cands:
+            out.append(list(row))
+            continue
+        scores = vectors[[texts[c.text] for c in cands]] @ q
+        order = np.argsort(-scores, kind="stable")[:n]
+        out.append([RetrievedChunk.of(cands[i], float(scores[i])) for i in order])
+    return out
 
 
 def doc_hash(doc: Document) -> str:
@@ -577,20 +658,31 @@ def _write_cache_folder(
 
 # -- prompt ------------------------------------------------------------------------------------------
 def format_context(chunks: Sequence[Chunk]) -> str:
-    """The default context block: one numbered passage per chunk, best first."""
-    return "\n\n".join(
-        f"[{i}] {c.title}: {c.text}" if c.title else f"[{i}] {c.text}" for i, c in enumerate(chunks, 1)
-    )
+    """The default context block: the passages' text, best first, one per line.
+
+    Deliberately plain: with numbered "[1] Title: ..." passages small models answer with numbered
+    lists or copy the titles. Templates that want numbering or titles can loop over ``chunks``.
+    """
+    return "\n".join(c.text.strip() for c in chunks)
+
+
+def render_rag_user(question: str, chunks: Sequence[Chunk], template: jinja2.Template) -> str:
+    """The user message for one question and its context pieces."""
+    return template.render(question=question, chunks=list(chunks), context=format_context(chunks)).strip()
 
 
 def render_rag_messages(
-    system_prompt: str | None, question: str, chunks: Sequence[Chunk], template: jinja2.Template
+    system_prompt: str | None,
+    question: str,
+    chunks: Sequence[Chunk],
+    template: jinja2.Template,
+    history: Sequence[dict[str, str]] = (),
 ) -> Prompt:
-    user = template.render(question=question, chunks=list(chunks), context=format_context(chunks)).strip()
     prompt: Prompt = []
     if system_prompt:
         prompt.append({"role": "system", "content": system_prompt})
-    prompt.append({"role": "user", "content": user})
+    prompt.extend(dict(m) for m in history)
+    prompt.append({"role": "user", "content": render_rag_user(question, chunks, template)})
     return prompt
 
 
@@ -601,11 +693,13 @@ def build_rag_prompt(
     chunks: Sequence[RetrievedChunk],
     max_new_tokens: int,
     template: jinja2.Template | str | None = None,
+    history: Sequence[dict[str, str]] = (),
 ) -> tuple[Prompt, list[RetrievedChunk]]:
     """Chat prompt with as many retrieved chunks as fit ``backend.context_window - max_new_tokens``.
 
     ``template`` (Jinja2; bundled file name, inline text, or a compiled template; default ``rag.j2``)
     gets ``question``, ``chunks`` (list of ``RetrievedChunk``) and ``context`` (preformatted block).
+    ``history`` (optional demonstration turns) goes between the system prompt and the question.
     Chunks are dropped lowest-ranked first; if even the best chunk alone does not fit, its text is
     shortened. The question is never cut. Returns ``(prompt, used_chunks)``.
     """
@@ -615,7 +709,7 @@ def build_rag_prompt(
     budget = backend.context_window - max_new_tokens
 
     def fits(cs: Sequence[Chunk]) -> tuple[bool, Prompt]:
-        prompt = render_rag_messages(system_prompt, question, cs, tmpl)
+        prompt = render_rag_messages(system_prompt, question, cs, tmpl, history)
         return backend.count_tokens(backend.render(prompt)) <= budget, prompt
 
     used = list(chunks)

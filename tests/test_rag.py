@@ -68,3 +68,25 @@ def test_rag_config_errors_are_one_line(write_config, tmp_path):
     cfg = write_config(strategies=[{"name": "rag", "template": "{{ question "}], name="bad.yaml")
     res = CliRunner().invoke(main, ["validate", str(cfg)])
     assert res.exit_code == 2 and "strategies[0].template: template does not compile" in res.output
+
+
+def test_rag_with_sentence_context_and_demonstrations(write_config, tmp_path):
+    cfg = write_config(
+        strategies=[{"name": "rag", "id": "rag_s", "top_k": 3, "context_sentences": 2, "shots": 2}]
+    )
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    preds = {p["example_id"]: p for p in load_predictions(out / "predictions.jsonl")}
+    extra = preds["te-1"]["extra"]
+    assert len(extra["shot_ids"]) == 2 and all(i.startswith("tr-") for i in extra["shot_ids"])
+    assert 1 <= len(extra["context"]) <= 2 and all(".s" in c["id"] for c in extra["context"])
+    assert extra["context"][0]["id"].startswith("battery#")
+    in_prompt = [r for r in extra["retrieved"] if r["in_prompt"]]
+    assert in_prompt and {r["chunk_id"] for r in in_prompt} <= {
+        c["id"].rsplit(".s", 1)[0] for c in extra["context"]
+    }
+    cost = json.loads((out / "manifest.json").read_text())["strategies"]["rag_s"]["cost"]
+    assert cost["context_sentences"] == 2 and cost["shots"] == 2 and "2-shot" in cost["notes"][0]
+    # same shots for every question (fair comparison)
+    assert len({tuple(p["extra"]["shot_ids"]) for p in preds.values()}) == 1

@@ -23,6 +23,8 @@ from strategies.retrieval import (
     cache_key,
     chunk_document,
     retrieval_metrics,
+    source_chunk_id,
+    split_sentences,
 )
 
 from .conftest import TOY_SET
@@ -329,3 +331,33 @@ def test_cache_survives_a_concurrent_writer(toy, tmp_path):
     r = Retriever.build(toy.documents, params, tmp_path)
     assert r.info["cache"] == "miss" and (tmp_path / "indexes" / key / "meta.json").is_file()
     shutil.rmtree(tmp_path / "indexes" / f".tmp-{key}-crashed")
+
+
+# -- context compression --------------------------------------------------------------------------
+def test_split_sentences_keeps_document_offsets_and_drops_markup():
+    text = "# Returns\n\n- Unused bikes can be returned within 60 days. Used bikes: 14 days only!\nShort one.\n| --- |"
+    doc = Document("returns", "Returns", text, "mem")
+    chunk = dataclasses.replace(
+        chunk_document(doc, load_embedder().tokenizer, 128, 0)[0], chunk_id="returns#0"
+    )
+    pieces = split_sentences(chunk)
+    assert [p.text for p in pieces] == [
+        "Unused bikes can be returned within 60 days.",
+        "Used bikes: 14 days only!",
+    ]
+    for p in pieces:
+        assert text[p.start : p.end] == p.text and p.doc_id == "returns"
+        assert source_chunk_id(p.chunk_id) == "returns#0"
+    assert source_chunk_id("a.s#0") == "a.s#0"  # a chunk id maps to itself
+
+
+def test_select_sentences_picks_the_answering_sentence(toy, tmp_path):
+    retriever = Retriever.build(toy.current_documents(), RetrievalParams(), tmp_path)
+    questions = ["How long does a full battery charge take?", "When is chat support open?"]
+    hits = retriever.search(questions, 3)
+    best = retriever.select_sentences(questions, hits, 1)
+    assert best[0][0].text == "A full charge takes 4.5 hours with the standard 4 A charger."
+    assert best[1][0].text == "Chat support is open every day from 7:00 to 22:00 CET."
+    two = retriever.select_sentences(questions, hits, 2)
+    assert [len(x) for x in two] == [2, 2] and two[0][0].score >= two[0][1].score
+    assert all(source_chunk_id(p.chunk_id) in {h.chunk_id for h in hits[0]} for p in two[0])
