@@ -16,9 +16,13 @@ this stable API:
     index of the base knowledge base, then applies ``ctx.eval_set.kb_updates`` incrementally;
     ``search(queries, k)`` returns ranked ``RetrievedChunk`` lists; ``info`` says what happened
     (cache hit/miss, build seconds, index bytes, updates applied).
-``build_rag_prompt(backend, system_prompt, question, chunks, max_new_tokens, template)``
-    Renders the chat prompt and drops the lowest-ranked chunks until it fits the model's context
-    window (the question is never cut). Returns ``(prompt, used_chunks)``.
+``Retriever.select_sentences(questions, hits, n)`` / ``split_sentences(chunk)``
+    Optional context compression: the ``n`` sentences of the retrieved chunks closest to the question,
+    as ``RetrievedChunk`` pieces (ids ``<chunk_id>.s<n>``, ``source_chunk_id()`` maps them back).
+``build_rag_prompt(backend, system_prompt, question, chunks, max_new_tokens, template, history=())``
+    Renders the chat prompt (optional demonstration turns in ``history``) and drops the lowest-ranked
+    chunks until it fits the model's context window (the question is never cut). Returns
+    ``(prompt, used_chunks)``.
 ``retrieval_metrics(retrieved, gold_doc_ids, k)``
     recall@k and MRR at document level.
 
