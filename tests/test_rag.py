@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
@@ -90,3 +91,34 @@ def test_rag_with_sentence_context_and_demonstrations(write_config, tmp_path):
     assert cost["context_sentences"] == 2 and cost["shots"] == 2 and "2-shot" in cost["notes"][0]
     # same shots for every question (fair comparison)
     assert len({tuple(p["extra"]["shot_ids"]) for p in preds.values()}) == 1
+
+
+@pytest.mark.slow
+def test_rag_with_default_model_answers_updated_fact_from_kb_updates(tmp_path):
+    """The real SmolLM2-135M with RAG answers from the kb_updates overlay (60 days, not the old 45)."""
+    from harness.config import ModelConfig, RunConfig
+    from harness.data import load_eval_set
+    from harness.generation import TransformersBackend
+    from harness.models import cache_root, load_model
+    from strategies.base import RunContext
+    from strategies.rag import RagParams, RagStrategy
+
+    from .conftest import TOY_SET
+
+    eval_set = load_eval_set(TOY_SET)
+    config = RunConfig.model_validate(
+        {
+            "eval_set": {"path": str(TOY_SET)},
+            "strategies": [{"name": "rag"}],
+            "generation": {"max_new_tokens": 32},
+        }
+    )
+    loaded = load_model(ModelConfig(), cache_root())  # shared cache: dequantised once per machine
+    ctx = RunContext(config, eval_set, TransformersBackend(loaded), tmp_path, tmp_path / "cache", 0, loaded)
+    strategy = RagStrategy("rag", RagParams(top_k=2, context_sentences=2))
+    strategy.prepare(ctx)
+    examples = [ex for ex in eval_set.split("test") if ex["id"] in ("te-1", "te-6")]
+    answers = {ex["id"]: a for ex, a in zip(examples, strategy.predict(examples), strict=True)}
+    assert "540" in answers["te-1"].text
+    assert "60" in answers["te-6"].text and "45" not in answers["te-6"].text
+    assert answers["te-6"].extra["metrics"]["faithfulness"] > 0.5
