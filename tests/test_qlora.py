@@ -18,6 +18,9 @@ from strategies import registry, training
 
 pytestmark = pytest.mark.slow
 
+# Model-free metrics only: scoring is tested elsewhere, these tests are about training.
+LIGHT = {"metrics": ["exact_match", "token_f1"]}
+
 # Few steps, high learning rate: the tiny random model must visibly learn within seconds.
 FAST = {
     "max_steps": 6,
@@ -85,7 +88,7 @@ def test_fallback_to_full_precision_lora_is_loud_and_recorded(write_config, tmp_
         raise RuntimeError("no bitsandbytes backend for device 'npu'")
 
     monkeypatch.setattr(training, "_load_4bit", no_backend)
-    cfg = load_config(write_config(strategies=[{"name": "qlora", "id": "qlora", **FAST}]))
+    cfg = load_config(write_config(strategies=[{"name": "qlora", "id": "qlora", **FAST}], **LIGHT))
     with caplog.at_level(logging.WARNING, logger="adaptbench.training"):
         result = run(cfg, run_dir=tmp_path / "run", progress=False)
     assert "falling back to LoRA on the full-precision base" in caplog.text
@@ -104,7 +107,7 @@ def test_fallback_to_full_precision_lora_is_loud_and_recorded(write_config, tmp_
 
 def test_train_command_then_evaluate_with_adapter(write_config, tmp_path, monkeypatch):
     cfg = write_config(
-        strategies=[{"name": "prompt", "id": "base"}, {"name": "qlora", "id": "qlora", **FAST}]
+        strategies=[{"name": "prompt", "id": "base"}, {"name": "qlora", "id": "qlora", **FAST}], **LIGHT
     )
     runner = CliRunner()
     res = runner.invoke(main, ["train", str(cfg), "--out", str(tmp_path / "trained")])
@@ -149,7 +152,8 @@ def test_train_command_then_evaluate_with_adapter(write_config, tmp_path, monkey
 def test_rag_qlora_hybrid_on_toy_set(write_config, tmp_path):
     cfg = load_config(
         write_config(
-            strategies=[{"name": "rag+qlora", "id": "rag_qlora", "top_k": 2, "raft_p_gold": 0.5, **FAST}]
+            strategies=[{"name": "rag+qlora", "id": "rag_qlora", "top_k": 2, "raft_p_gold": 0.5, **FAST}],
+            **LIGHT,
         )
     )
     result = run(cfg, run_dir=tmp_path / "run", progress=False)
