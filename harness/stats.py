@@ -132,8 +132,8 @@ def sign_flip_p_value(diffs: np.ndarray, *, resamples: int = 10000, seed: int = 
     """Two-sided p-value for H0 "mean difference is 0" by randomly flipping the sign of each
     per-example difference (exact enumeration when 2^n <= resamples)."""
     d = np.asarray(diffs, dtype=float)
-    if d.size == 0 or np.all(d == 0):
-        return 1.0
+    if d.size < 2 or np.all(d == 0):
+        return 1.0  # one difference: both signs are equally extreme, so p = 1 exactly
     res = permutation_test(
         (d,),
         lambda x, axis: np.mean(x, axis=axis),

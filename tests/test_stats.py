@@ -158,3 +158,11 @@ def test_fast_holm_equals_statsmodels():
     for size in (1, 12):
         p = list(rng.uniform(0, 0.2, size)) + [0.01, 0.01]  # ties included
         assert holm_fast(p, 0.05) == (holm(p, 0.05)[0], [pytest.approx(x) for x in holm(p, 0.05)[1]])
+
+
+def test_sign_flip_with_one_paired_example_is_p_one_not_a_crash():
+    # A metric scored on a single example (e.g. one style-tagged question) must not break the report.
+    from harness.stats import paired_comparison
+
+    cmp = paired_comparison([0.9], [0.1], resamples=200, permutation_resamples=200)
+    assert cmp.n == 1 and cmp.p_value == 1.0
