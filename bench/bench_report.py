@@ -18,10 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.analysis import analyze  # noqa: E402
 from harness.decision import decide  # noqa: E402
+from harness.decision.analysis import analyze  # noqa: E402
+from harness.decision.stats import holm, holm_fast  # noqa: E402
 from harness.report import write_report  # noqa: E402
-from harness.stats import holm, holm_fast  # noqa: E402
 from tests.synthetic_run import write_synthetic_run  # noqa: E402
 
 

@@ -148,7 +148,7 @@ class DecisionConfig(StrictModel):
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, value: list[str]) -> list[str]:
-        from harness.measures import CONSTRAINT_PATTERN, is_known, known_names
+        from harness.decision.measures import CONSTRAINT_PATTERN, is_known, known_names
 
         for i, text in enumerate(value):
             m = CONSTRAINT_PATTERN.match(text)
@@ -163,7 +163,7 @@ class DecisionConfig(StrictModel):
     @field_validator("weights")
     @classmethod
     def _weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        from harness.measures import is_known, known_names
+        from harness.decision.measures import is_known, known_names
 
         if value is None:
             return value

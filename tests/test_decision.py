@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.analysis import analyze
 from harness.config import DecisionConfig, load_config
 from harness.decision import Constraint, Engine, decide, parse_constraint, utility
+from harness.decision.analysis import analyze
 from harness.errors import ConfigError
 from tests.synthetic_run import write_synthetic_run
 

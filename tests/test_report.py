@@ -189,7 +189,7 @@ def test_cli_report_what_if_constraints_and_weights(tmp_path):
 
 
 def test_charts_escape_labels_and_zoom_loss_axis():
-    from harness import charts
+    from harness.report import charts
 
     evil = '<script>alert(1)</script>"'
     svg = str(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import bootstrap
 
-from harness.stats import (
+from harness.decision.stats import (
     adjust,
     bootstrap_ci,
     bootstrap_indices,
@@ -162,7 +162,7 @@ def test_fast_holm_equals_statsmodels():
 
 def test_sign_flip_with_one_paired_example_is_p_one_not_a_crash():
     # A metric scored on a single example (e.g. one style-tagged question) must not break the report.
-    from harness.stats import paired_comparison
+    from harness.decision.stats import paired_comparison
 
     cmp = paired_comparison([0.9], [0.1], resamples=200, permutation_resamples=200)
     assert cmp.n == 1 and cmp.p_value == 1.0

@@ -21,10 +21,8 @@ import yaml
 from pydantic import ValidationError
 
 from harness.config import DecisionConfig, ScoringConfig, validation_message
-from harness.errors import ConfigError, DataError
-from harness.measures import MEASURES, QUALITY_METRICS, Measure, measure
-from harness.rundir import load_predictions, read_json
-from harness.stats import (
+from harness.decision.measures import MEASURES, QUALITY_METRICS, Measure, measure
+from harness.decision.stats import (
     Interval,
     adjust,
     bootstrap_indices,
@@ -33,6 +31,8 @@ from harness.stats import (
     paired_comparison,
     percentile_interval,
 )
+from harness.errors import ConfigError, DataError
+from harness.rundir import load_predictions, read_json
 
 GB, MB = 1e9, 1e6
 CPU_PRICE_PER_HOUR, GPU_PRICE_PER_HOUR = 0.10, 2.50

@@ -17,10 +17,10 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from harness import charts
-from harness.analysis import SKIP_PER_EXAMPLE, Analysis, analyze
-from harness.decision import Decision, decide, parse_constraint
-from harness.measures import MEASURES, format_value, measure
+from harness.decision.analysis import SKIP_PER_EXAMPLE, Analysis, analyze
+from harness.decision.engine import Decision, decide, parse_constraint
+from harness.decision.measures import MEASURES, format_value, measure
+from harness.report import charts
 from harness.rundir import atomic_write_json, atomic_write_text
 
 TEMPLATES = Path(__file__).parent / "templates"

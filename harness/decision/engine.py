@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from harness.config import DecisionConfig
+from harness.decision.measures import CONSTRAINT_PATTERN, format_value, measure
+from harness.decision.stats import bootstrap_p_value, holm_fast, percentile_interval
 from harness.errors import ConfigError
-from harness.measures import CONSTRAINT_PATTERN, format_value, measure
-from harness.stats import bootstrap_p_value, holm_fast, percentile_interval
 
 OPS = {
     "<=": lambda a, b: a <= b,

@@ -1,0 +1,49 @@
+"""From a run folder's numbers to a recommendation.
+
+* ``measures``: names, directions and units of everything that can be constrained, weighted, charted;
+* ``stats``: seeded bootstrap intervals, paired comparisons, Holm adjustment;
+* ``analysis``: the run folder's files -> point estimates, bootstrap samples and CIs (``analyze``);
+* ``engine``: constraints, weighted ranking, significance (``Engine``, ``Decision``);
+* ``sensitivity``: which constraint or weight change flips the recommendation;
+* ``explain``: the headline, detail and rationale prose.
+
+Attributes are imported lazily so that ``harness.config`` can import ``harness.decision.measures``
+without pulling numpy/scipy/statsmodels in.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.decision.analysis import Analysis, analyze
+    from harness.decision.engine import Constraint, Decision, Engine, decide, parse_constraint, utility
+
+_LAZY = {
+    "Analysis": "analysis",
+    "analyze": "analysis",
+    "Constraint": "engine",
+    "Decision": "engine",
+    "Engine": "engine",
+    "decide": "engine",
+    "parse_constraint": "engine",
+    "utility": "engine",
+}
+
+__all__ = [
+    "Analysis",
+    "Constraint",
+    "Decision",
+    "Engine",
+    "analyze",
+    "decide",
+    "parse_constraint",
+    "utility",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"harness.decision.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'harness.decision' has no attribute {name!r}")
