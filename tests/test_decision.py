@@ -9,6 +9,7 @@ import yaml
 from harness.config import DecisionConfig, load_config
 from harness.decision import Constraint, Engine, decide, parse_constraint, utility
 from harness.decision.analysis import analyze
+from harness.decision.sensitivity import sensitivity
 from harness.errors import ConfigError
 from tests.synthetic_run import write_synthetic_run
 
@@ -154,7 +155,7 @@ def test_sensitivity_names_the_flipping_constraint_and_weight():
     d = eng.decide()
     # rag 0.7*.55+0.3*.25 = .46; qlora 0.7*.5+0.3*(100/120) = .60; prompt .21+.3 = .51
     assert d.recommended == "qlora"
-    notes = eng.sensitivity(d)
+    notes = sensitivity(eng, d)
     lat = next(n for n in notes if n["kind"] == "constraint" and n["measure"] == "latency_p95_ms")
     assert lat["winner"] == "prompt" and lat["threshold"] == pytest.approx(120.0)
     assert lat["text"].startswith("prompt would be recommended if p95 latency had to be under 120 ms")
@@ -166,7 +167,7 @@ def test_sensitivity_names_the_flipping_constraint_and_weight():
     assert flipped.recommended == weight["winner"] != "qlora"
     # A constraint that excludes qlora, relaxed to its value, brings it back.
     d2 = eng.decide(constraints=[Constraint("peak_memory_gb", "<=", 16.0)])
-    relax = [n for n in eng.sensitivity(d2) if n["kind"] == "relax"]
+    relax = [n for n in sensitivity(eng, d2) if n["kind"] == "relax"]
     assert relax and relax[0]["winner"] == "qlora" and "relaxed to <= 20.0 GB" in relax[0]["text"]
 
 
@@ -212,7 +213,7 @@ def test_sensitivity_ignores_jitter_below_display_precision():
         },
     }
     eng = _engine(point, weights={"token_f1": 1.0})
-    notes = eng.sensitivity(eng.decide())
+    notes = sensitivity(eng, eng.decide())
     assert not any(n.get("measure") == "peak_memory_gb" for n in notes)
     lat = next(n for n in notes if n.get("measure") == "latency_p95_ms")
     assert lat["winner"] == "b" and "under 100 ms" in lat["text"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.decision.analysis import Analysis, analyze
-    from harness.decision.engine import Constraint, Decision, Engine, decide, parse_constraint, utility
+    from harness.decision.engine import Constraint, Decision, Engine, parse_constraint, utility
 
 _LAZY = {
     "Analysis": "analysis",
@@ -26,7 +26,6 @@ _LAZY = {
     "Constraint": "engine",
     "Decision": "engine",
     "Engine": "engine",
-    "decide": "engine",
     "parse_constraint": "engine",
     "utility": "engine",
 }
@@ -41,6 +40,17 @@ __all__ = [
     "parse_constraint",
     "utility",
 ]
+
+
+def decide(analysis: Analysis) -> Decision:
+    """The decision, with its prose and sensitivity notes, for an analysed run and its ``decision:`` config."""
+    from harness.decision.engine import Engine
+    from harness.decision.sensitivity import sensitivity
+
+    engine = Engine(analysis.point, analysis.boot, analysis.primary, analysis.decision_cfg, analysis.ci)
+    d = engine.decide()
+    d.sensitivity = sensitivity(engine, d)
+    return d
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,9 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from harness.decision import decide
 from harness.decision.analysis import SKIP_PER_EXAMPLE, Analysis, analyze
-from harness.decision.engine import Decision, decide, parse_constraint
+from harness.decision.engine import Decision, parse_constraint
 from harness.decision.measures import MEASURES, format_value, measure
 from harness.report import charts
 from harness.rundir import atomic_write_json, atomic_write_text
