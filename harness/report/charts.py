@@ -42,6 +42,19 @@ def _text(x: float, y: float, s: str, size: int = 12, anchor: str = "start", ext
     )
 
 
+def _frame(
+    left: float, top: float, plot_w: float, plot_h: float, x_label: str, y_label: str, *, x_label_y: float
+) -> list[str]:
+    """The plot area's border, the x-axis label below it and the rotated y-axis label on its left."""
+    return [
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#57606a"/>',
+        _text(left + plot_w / 2, x_label_y, x_label, 12, "middle"),
+        _text(
+            14, top + plot_h / 2, y_label, 12, "middle", f'transform="rotate(-90 14 {top + plot_h / 2:.1f})"'
+        ),
+    ]
+
+
 def loss_range(ys: Sequence[float]) -> tuple[float, float]:
     """Y range for loss curves: zoom to the data (losses rarely approach 0) on round tick values."""
     if not ys:
@@ -184,15 +197,7 @@ def scatter_ci(
             f'<line x1="{px(xv):.1f}" y1="{top}" x2="{px(xv):.1f}" y2="{top + plot_h}" stroke="#eef0f2"/>'
         )
         body.append(_text(px(xv), top + plot_h + 16, x_fmt(xv), 11, "middle"))
-    body.append(
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#57606a"/>'
-    )
-    body.append(_text(left + plot_w / 2, height - 8, x_label, 12, "middle"))
-    body.append(
-        _text(
-            14, top + plot_h / 2, y_label, 12, "middle", f'transform="rotate(-90 14 {top + plot_h / 2:.1f})"'
-        )
-    )
+    body.extend(_frame(left, top, plot_w, plot_h, x_label, y_label, x_label_y=height - 8))
     labels: list[tuple[float, float, str]] = []
     for i, p in enumerate(points):
         if not (_finite(p["x"]) and _finite(p["y"])):
@@ -311,15 +316,7 @@ def line_chart(
         body.append(_text(left - 6, py(yv) + 4, f"{yv:.4g}", 11, "end"))
         xv = xmax * k / 4
         body.append(_text(px(xv), top + plot_h + 16, f"{xv:.0f}", 11, "middle"))
-    body.append(
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#57606a"/>'
-    )
-    body.append(_text(left + plot_w / 2, height - 6, x_label, 12, "middle"))
-    body.append(
-        _text(
-            14, top + plot_h / 2, y_label, 12, "middle", f'transform="rotate(-90 14 {top + plot_h / 2:.1f})"'
-        )
-    )
+    body.extend(_frame(left, top, plot_w, plot_h, x_label, y_label, x_label_y=height - 6))
     for s in series:
         pts = sorted(s["points"])
         if not pts:
