@@ -1,5 +1,5 @@
-"""Render a run folder into ``report.html`` (self-contained), ``summary.md``, ``scores.csv`` and
-``decision.json``, from the folder's files alone (so ``adaptbench report RUN_DIR`` needs no model).
+"""``report.html``: the view model built from an analysed run and its decision, rendered with Jinja2
+into one self-contained page.
 
 Untrusted text (questions, answers, references, KB ids, strategy ids, tags) only reaches HTML through
 Jinja2 autoescaping or ``markupsafe.escape`` (charts); the page also carries a Content-Security-Policy
@@ -8,21 +8,17 @@ that forbids scripts and network access, as a second line of defence.
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import numpy as np
-import pandas as pd
 
-from harness.decision import decide
-from harness.decision.analysis import SKIP_PER_EXAMPLE, Analysis, analyze
+from harness.decision.analysis import Analysis
 from harness.decision.engine import Decision, parse_constraint
 from harness.decision.measures import MEASURES, format_value, measure
 from harness.report import charts
-from harness.rundir import atomic_write_json, atomic_write_text
+from harness.report.text import ci_text
+from harness.report.text import finite as _finite
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -74,16 +70,6 @@ def html_env() -> jinja2.Environment:
     return env
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _ci_text(name: str, iv: Any) -> str:
-    if iv is None or not _finite(iv.low) or not _finite(iv.high) or iv.low == iv.high:
-        return ""
-    return f"{format_value(name, iv.low)} – {format_value(name, iv.high)}"
-
-
 def _table(an: Analysis, d: Decision) -> list[dict[str, Any]]:
     constraints = [parse_constraint(c) for c in d.constraints]
     groups = {"Quality": list(an.quality), **TABLE_ROWS}
@@ -108,7 +94,7 @@ def _table(an: Analysis, d: Decision) -> list[dict[str, Any]]:
                 cells.append(
                     {
                         "text": format_value(name, v),
-                        "ci": _ci_text(name, an.ci[s].get(name)),
+                        "ci": ci_text(name, an.ci[s].get(name)),
                         "best": best_text is not None and format_value(name, v) == best_text,
                         "broken": broken,
                         "n": n,
@@ -234,7 +220,7 @@ def _tag_table(an: Analysis) -> list[dict[str, Any]]:
             cells = []
             for s in an.strategies:
                 iv = an.by_tag[t].get(s, {}).get(m)
-                cells.append({"text": format_value(m, iv.estimate) if iv else "–", "ci": _ci_text(m, iv)})
+                cells.append({"text": format_value(m, iv.estimate) if iv else "–", "ci": ci_text(m, iv)})
             if any(c["text"] != "–" for c in cells):
                 rows.append({"tag": t, "n": an.tag_counts[t], "metric": measure(m).label, "cells": cells})
     return rows
@@ -384,125 +370,5 @@ def build_view(an: Analysis, d: Decision) -> dict[str, Any]:
     }
 
 
-def _md(text: Any) -> str:
-    """Markdown cell text: no HTML, no table breaks (GitHub renders inline HTML in comments)."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-    return re.sub(r"\s+", " ", s).strip()
-
-
-def summary_markdown(an: Analysis, d: Decision) -> str:
-    p = an.primary
-    cols = [p] + [
-        m for m in ("semantic_similarity", "coherence", "faithfulness") if m in an.quality and m != p
-    ]
-    lines = [f"## adaptbench · {_md(an.run_name)}", "", f"**{_md(d.headline)}**", "", _md(d.detail), ""]
-    if d.confidence is not None:
-        lines.append(
-            f"Confidence: {d.confidence_label} ({100 * d.confidence:.0f}% of bootstrap resamples rank {_md(d.top)} first)."
-        )
-        lines.append("")
-    head = (
-        ["strategy", "score"]
-        + [measure(m).label for m in cols]
-        + ["p95 latency", "cost / 1k queries", "setup"]
-    )
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
-    score = {r["strategy"]: r["score"] for r in d.ranking}
-    for s in an.strategies:
-        cells = [f"**{_md(s)}**" if s == d.recommended else _md(s)]
-        cells.append(f"{score[s]:.3f}" if s in score else "excluded")
-        for m in cols:
-            iv = an.ci[s].get(m)
-            ci = _ci_text(m, iv)
-            cells.append(format_value(m, an.point[s].get(m)) + (f" ({ci})" if ci else ""))
-        cells.append(format_value("latency_p95_ms", an.point[s].get("latency_p95_ms")))
-        cells.append(format_value("total_cost_per_1k_usd", an.point[s].get("total_cost_per_1k_usd")))
-        setup = an.point[s].get("train_time_min", 0) + an.point[s].get("index_build_time_min", 0)
-        cells.append(f"{setup:.1f} min")
-        lines.append("| " + " | ".join(_md(c) if i else c for i, c in enumerate(cells)) + " |")
-    lines += ["", "**Why**", ""] + [f"- {_md(r)}" for r in d.rationale]
-    lines += ["", "**What would change it**", ""] + [f"- {_md(s['text'])}" for s in d.sensitivity]
-    lines += [
-        "",
-        f"{len(an.examples)} examples · {an.decision_cfg.bootstrap_resamples} bootstrap resamples · "
-        f"α = {an.decision_cfg.alpha} (Holm) · hardware price ${an.price_per_hour:.2f}/h · full report: `report.html`",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def scores_frame(an: Analysis) -> pd.DataFrame:
-    """One row per (strategy, example): tags, every per-example score, latency and tokens."""
-    rows = []
-    for s, sd in an.strategies.items():
-        names = [
-            n
-            for n in sd.arrays
-            if n
-            not in (
-                "latency_ms",
-                "latency_mean_ms",
-                "new_tokens",
-                "serving_cost_per_1k_usd",
-                "total_cost_per_1k_usd",
-            )
-        ]
-        quality = [n for n in an.quality if n in names]
-        diag = [n for n in names if n in SKIP_PER_EXAMPLE]
-        others = [n for n in names if n not in quality and n not in diag]
-        for i, ex in enumerate(an.examples):
-            rec = an.predictions.get((s, ex["id"])) or {}
-            row: dict[str, Any] = {"strategy": s, "example_id": ex["id"], "tags": ";".join(ex["tags"])}
-            for n in quality + others + diag:
-                v = sd.arrays[n][i]
-                row[n] = float(v) if np.isfinite(v) else None
-            row["latency_ms"] = (
-                float(sd.arrays["latency_ms"][i]) if np.isfinite(sd.arrays["latency_ms"][i]) else None
-            )
-            row["new_tokens"] = rec.get("new_tokens")
-            row["prompt_tokens"] = rec.get("prompt_tokens")
-            row["prompt_truncated"] = rec.get("prompt_truncated")
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def decision_record(an: Analysis, d: Decision) -> dict[str, Any]:
-    return {
-        "run": an.run_name,
-        "headline": d.headline,
-        "detail": d.detail,
-        "decision": d.to_dict(),
-        "aggregates": {
-            s: {m: iv.to_dict() for m, iv in an.ci[s].items() if _finite(iv.estimate)} for s in an.strategies
-        },
-        "by_tag": {
-            t: {s: {m: iv.to_dict() for m, iv in ms.items()} for s, ms in per.items()}
-            for t, per in an.by_tag.items()
-        },
-        "comparisons": an.comparisons,
-        "settings": {
-            **an.decision_cfg.model_dump(),
-            "price_per_hour_usd_used": an.price_per_hour,
-            "device": an.device,
-            "n_examples": len(an.examples),
-        },
-        "warnings": an.warnings,
-    }
-
-
-def write_report(run_dir: Path, decision_overrides: dict[str, Any] | None = None) -> Path:
-    """Write report.html, summary.md, scores.csv and decision.json; return the report path.
-
-    ``decision_overrides`` replaces keys of the run's ``decision:`` section for this rendering only
-    (what-if constraints or weights from ``adaptbench report --constraint/--weight``)."""
-    run_dir = Path(run_dir)
-    an = analyze(run_dir, decision_overrides)
-    d = decide(an)
-    html = html_env().get_template("report.html.j2").render(**build_view(an, d))
-    out = run_dir / "report.html"
-    atomic_write_text(out, html)
-    atomic_write_text(run_dir / "summary.md", summary_markdown(an, d))
-    atomic_write_text(run_dir / "scores.csv", scores_frame(an).to_csv(index=False))
-    atomic_write_json(run_dir / "decision.json", decision_record(an, d))
-    return out
+def render_html(an: Analysis, d: Decision) -> str:
+    return html_env().get_template("report.html.j2").render(**build_view(an, d))

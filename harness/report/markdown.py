@@ -1,0 +1,59 @@
+"""``summary.md``: the recommendation, a compact table and the reasons, for a pull-request comment."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from harness.decision.analysis import Analysis
+from harness.decision.engine import Decision
+from harness.decision.measures import format_value, measure
+from harness.report.text import ci_text
+
+
+def _md(text: Any) -> str:
+    """Markdown cell text: no HTML, no table breaks (GitHub renders inline HTML in comments)."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def summary_markdown(an: Analysis, d: Decision) -> str:
+    p = an.primary
+    cols = [p] + [
+        m for m in ("semantic_similarity", "coherence", "faithfulness") if m in an.quality and m != p
+    ]
+    lines = [f"## adaptbench · {_md(an.run_name)}", "", f"**{_md(d.headline)}**", "", _md(d.detail), ""]
+    if d.confidence is not None:
+        lines.append(
+            f"Confidence: {d.confidence_label} ({100 * d.confidence:.0f}% of bootstrap resamples rank {_md(d.top)} first)."
+        )
+        lines.append("")
+    head = (
+        ["strategy", "score"]
+        + [measure(m).label for m in cols]
+        + ["p95 latency", "cost / 1k queries", "setup"]
+    )
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+    score = {r["strategy"]: r["score"] for r in d.ranking}
+    for s in an.strategies:
+        cells = [f"**{_md(s)}**" if s == d.recommended else _md(s)]
+        cells.append(f"{score[s]:.3f}" if s in score else "excluded")
+        for m in cols:
+            iv = an.ci[s].get(m)
+            ci = ci_text(m, iv)
+            cells.append(format_value(m, an.point[s].get(m)) + (f" ({ci})" if ci else ""))
+        cells.append(format_value("latency_p95_ms", an.point[s].get("latency_p95_ms")))
+        cells.append(format_value("total_cost_per_1k_usd", an.point[s].get("total_cost_per_1k_usd")))
+        setup = an.point[s].get("train_time_min", 0) + an.point[s].get("index_build_time_min", 0)
+        cells.append(f"{setup:.1f} min")
+        lines.append("| " + " | ".join(_md(c) if i else c for i, c in enumerate(cells)) + " |")
+    lines += ["", "**Why**", ""] + [f"- {_md(r)}" for r in d.rationale]
+    lines += ["", "**What would change it**", ""] + [f"- {_md(s['text'])}" for s in d.sensitivity]
+    lines += [
+        "",
+        f"{len(an.examples)} examples · {an.decision_cfg.bootstrap_resamples} bootstrap resamples · "
+        f"α = {an.decision_cfg.alpha} (Holm) · hardware price ${an.price_per_hour:.2f}/h · full report: `report.html`",
+        "",
+    ]
+    return "\n".join(lines)
