@@ -41,12 +41,9 @@ SKIP_PER_EXAMPLE = {"perplexity", "fluency", "consistency", "repetition"}  # dia
 
 @dataclass
 class StrategyData:
-    id: str
     name: str
     arrays: dict[str, np.ndarray]  # per-example values on the common examples (NaN = not scored)
     consts: dict[str, float]  # one number per strategy (costs)
-    cost: dict[str, Any]
-    latency: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     training: dict[str, Any] | None = None  # loss curves etc.
 
@@ -55,7 +52,6 @@ class StrategyData:
 class Analysis:
     run_name: str
     primary: str
-    metrics: list[str]
     decision_cfg: DecisionConfig
     scoring_cfg: ScoringConfig
     price_per_hour: float
@@ -63,7 +59,6 @@ class Analysis:
     examples: list[dict[str, Any]]  # common examples: id, question, reference, tags
     strategies: dict[str, StrategyData]
     quality: list[str]  # quality measures present for at least one strategy, display order
-    indices: np.ndarray  # (B, n) bootstrap indices shared by all strategies
     point: dict[str, dict[str, float]]  # sid -> measure -> value
     boot: dict[str, dict[str, np.ndarray]]  # sid -> measure -> (B,) bootstrap values
     ci: dict[str, dict[str, Interval]]
@@ -198,18 +193,14 @@ def _strategy_data(
         "index_mb": np.nan_to_num(index) / MB,
         "disk_mb": (np.nan_to_num(adapter) + np.nan_to_num(index)) / MB,
         "batch_seconds": float(np.mean(batches)) if batches else float("nan"),
-        "setup_cost_usd": setup_usd,
     }
     notes = [str(n) for n in cost.get("notes") or []]
     if mem_kind == "RSS" and mem:
         notes.append("peak memory = peak RSS while this strategy ran (includes the shared base model)")
     return StrategyData(
-        id=sid,
         name=entry.get("name") or sid,
         arrays=arrays,
         consts=consts,
-        cost=cost,
-        latency=dict(entry.get("latency") or {}),
         notes=notes,
         training=training_curves(run_dir, sid, cost),
     )
@@ -299,7 +290,6 @@ def analyze(run_dir: Path, decision_overrides: dict[str, Any] | None = None) -> 
     return Analysis(
         run_name=run_dir.name,
         primary=primary,
-        metrics=metric_list,
         decision_cfg=decision_cfg,
         scoring_cfg=scoring_cfg,
         price_per_hour=price,
@@ -307,7 +297,6 @@ def analyze(run_dir: Path, decision_overrides: dict[str, Any] | None = None) -> 
         examples=examples,
         strategies=sdata,
         quality=quality,
-        indices=idx,
         point=point,
         boot=boot,
         ci=ci,

@@ -90,19 +90,16 @@ def _table(an: Analysis, d: Decision) -> list[dict[str, Any]]:
             cells = []
             for s, v in vals.items():
                 broken = [c.text for c in constraints if c.name == name and not c.check(v)]
-                n = an.ci[s][name].n if name in an.ci[s] else 0
                 cells.append(
                     {
                         "text": format_value(name, v),
                         "ci": ci_text(name, an.ci[s].get(name)),
                         "best": best_text is not None and format_value(name, v) == best_text,
                         "broken": broken,
-                        "n": n,
                     }
                 )
             rows.append(
                 {
-                    "name": name,
                     "label": m.label,
                     "better": "higher is better" if m.higher_is_better else "lower is better",
                     "arrow": "↑" if m.higher_is_better else "↓",
@@ -290,7 +287,6 @@ def _explorer(an: Analysis) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                 "tags": ex["tags"],
                 "classes": " ".join(f"t{tag_index[t]}" for t in ex["tags"]) + (" dis" if disagree else ""),
                 "disagree": disagree,
-                "spread": spread,
                 "answers": answers,
             }
         )
@@ -316,7 +312,6 @@ def _comparisons(an: Analysis) -> list[dict[str, Any]]:
                     "p": f"{c['p_value']:.3g}",
                     "p_adj": f"{c['p_adjusted']:.3g}",
                     "significant": c["significant"],
-                    "n": c["n"],
                 }
             )
     return out
@@ -335,9 +330,7 @@ def build_view(an: Analysis, d: Decision) -> dict[str, Any]:
         }
         for i, (s, sd) in enumerate(an.strategies.items())
     ]
-    weights = [
-        {"label": measure(m).label, "name": m, "share": f"{100 * w:.0f}%"} for m, w in d.weights.items()
-    ]
+    weights = [{"label": measure(m).label, "share": f"{100 * w:.0f}%"} for m, w in d.weights.items()]
     return {
         "run_name": an.run_name,
         "manifest": manifest,
@@ -345,10 +338,8 @@ def build_view(an: Analysis, d: Decision) -> dict[str, Any]:
         "data": manifest.get("data") or {},
         "hardware": manifest.get("hardware") or {},
         "packages": {k: v for k, v in (manifest.get("packages") or {}).items() if v},
-        "primary": an.primary,
         "primary_label": measure(an.primary).label,
         "decision": d,
-        "decision_dict": d.to_dict(),
         "weights": weights,
         "strategies": strategies,
         "table": _table(an, d),
