@@ -82,32 +82,43 @@ def _load(config: str, model: str | None, limit: int | None, strategies: str | N
     return cfg
 
 
-def print_summary(scores: dict[str, Any], run_dir: Path) -> None:
-    metrics = scores["metrics"]
+def print_summary(run_dir: Path) -> None:
+    """The report's numbers as a table: point estimates over the examples every strategy answered,
+    read from ``decision.json`` (written by the report from the run's one analysis)."""
+    from harness.rundir import read_json
+
+    decision_file = run_dir / "decision.json"
+    rec = read_json(decision_file) if decision_file.is_file() else {}
+    aggregates: dict[str, dict[str, Any]] = rec.get("aggregates") or {}
+    metrics: list[str] = rec.get("quality_metrics") or []
     short = {"semantic_similarity": "semantic", "style_adherence": "style", "answer_recall": "recall"}
     names = [short.get(m, m) for m in metrics]
     widths = [max(9, len(n) + 2) for n in names]
-    header = (
-        f"{'strategy':<18}"
-        + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
-        + f"{'p50 ms':>10}{'p95 ms':>10}{'tok/s':>9}"
-    )
-    click.echo("\n" + header)
-    click.echo("-" * len(header))
-    for sid, s in scores["strategies"].items():
-        lat = s.get("latency", {})
-        row = f"{sid:<18}" + "".join(
-            f"{100 * v:>{w - 1}.1f}%" if (v := s["metrics"].get(m)) is not None else f"{'n/a':>{w}}"
-            for m, w in zip(metrics, widths, strict=True)
-        )
-        row += f"{lat.get('latency_p50_ms', 0):>10.0f}{lat.get('latency_p95_ms', 0):>10.0f}{lat.get('tokens_per_s', 0):>9.1f}"
-        click.echo(row)
-    decision_file = run_dir / "decision.json"
-    if decision_file.is_file():
-        from harness.rundir import read_json
 
-        rec = read_json(decision_file)
-        click.echo("\n" + rec.get("headline", "") + "\n" + (rec.get("decision") or {}).get("detail", ""))
+    def value(sid: str, name: str) -> float | None:
+        return (aggregates[sid].get(name) or {}).get("estimate")
+
+    def cell(v: float | None, width: int, fmt: str) -> str:
+        return f"{'n/a':>{width}}" if v is None else f"{v:>{width}{fmt}}"
+
+    if aggregates:
+        header = (
+            f"{'strategy':<18}"
+            + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
+            + f"{'p50 ms':>10}{'p95 ms':>10}{'tok/s':>9}"
+        )
+        click.echo("\n" + header)
+        click.echo("-" * len(header))
+        for sid in aggregates:
+            row = f"{sid:<18}" + "".join(
+                f"{100 * v:>{w - 1}.1f}%" if (v := value(sid, m)) is not None else f"{'n/a':>{w}}"
+                for m, w in zip(metrics, widths, strict=True)
+            )
+            row += cell(value(sid, "latency_p50_ms"), 10, ".0f")
+            row += cell(value(sid, "latency_p95_ms"), 10, ".0f")
+            row += cell(value(sid, "tokens_per_s"), 9, ".1f")
+            click.echo(row)
+        click.echo("\n" + rec.get("headline", "") + "\n" + rec.get("detail", ""))
     click.echo(f"\nrun folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
 
 
@@ -150,7 +161,7 @@ def run(
             err=True,
         )
         sys.exit(130)
-    print_summary(result.scores, result.run_dir)
+    print_summary(result.run_dir)
 
 
 @main.command()
@@ -219,7 +230,6 @@ def validate(config: str) -> None:
 def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...]) -> None:
     """Re-render report.html, summary.md, scores.csv and decision.json from a run folder (no model, no re-run)."""
     from harness.report import write_report
-    from harness.rundir import read_json
 
     path = Path(run_dir)
     if not (path / "scores.json").is_file():
@@ -241,7 +251,7 @@ def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...])
                 raise AdaptbenchError(f"--weight {item!r}: write NAME=NUMBER, e.g. token_f1=0.5")
         overrides["weights"] = parsed
     out = write_report(path, decision_overrides=overrides or None)
-    print_summary(read_json(path / "scores.json"), path)
+    print_summary(path)
     click.echo(f"wrote {out.name}, summary.md, scores.csv and decision.json in {path}")
 
 

@@ -229,3 +229,26 @@ def test_loss_curves_come_from_the_training_record(tmp_path):
     html = (run / "report.html").read_text()
     assert "validation loss 6.250 → 6.120" in html and "8 steps" in html
     assert 'stroke-dasharray="6 4"' in html  # the validation curve
+
+
+def test_cli_summary_shows_the_report_numbers_on_the_common_examples(tmp_path):
+    """The CLI table and the report share one aggregation: point estimates over the examples every
+    strategy answered (here rag lost two), not each strategy's all-examples mean."""
+    run = write_synthetic_run(tmp_path / "run", decision={"weights": {"token_f1": 1.0}})
+    scores = json.loads((run / "scores.json").read_text())
+    for eid in ("ex-001", "ex-007"):
+        del scores["strategies"]["rag"]["per_example"][eid]
+    (run / "scores.json").write_text(json.dumps(scores))
+    res = CliRunner().invoke(main, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((run / "decision.json").read_text())
+    assert record["quality_metrics"][:2] == ["exact_match", "token_f1"]
+    header, _, *rows = res.output.strip().splitlines()
+    col = header.split().index("token_f1")
+    shown = {r.split()[0]: r.split()[col] for r in rows[:3]}
+    for sid in ("prompt", "rag", "qlora"):
+        estimate = record["aggregates"][sid]["token_f1"]["estimate"]
+        assert shown[sid] == f"{100 * estimate:.1f}%"
+    per = scores["strategies"]["prompt"]["per_example"]
+    all_examples = sum(v["token_f1"] for v in per.values()) / len(per)
+    assert shown["prompt"] != f"{100 * all_examples:.1f}%"  # the common 38, not all 40

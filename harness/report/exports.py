@@ -54,6 +54,8 @@ def decision_record(an: Analysis, d: Decision) -> dict[str, Any]:
         "headline": d.headline,
         "detail": d.detail,
         "decision": d.to_dict(),
+        "primary_metric": an.primary,
+        "quality_metrics": an.quality,
         "aggregates": {
             s: {m: iv.to_dict() for m, iv in an.ci[s].items() if finite(iv.estimate)} for s in an.strategies
         },
