@@ -142,17 +142,8 @@ def write_synthetic_run(
                     },
                 },
             )
-        vals = [per_example[e]["token_f1"] for e in ids]
-        scores[sid] = {
-            "n": n,
-            "name": sid,
-            "metrics": {"token_f1": float(np.mean(vals))},
-            "strategy_metrics": {},
-            "latency": {},
-            "by_tag": {},
-            "per_example": per_example,
-            "cost": cost,
-        }
+        # Only what the analysis reads: per-example scores and cost (no all-examples aggregates).
+        scores[sid] = {"n": n, "name": sid, "per_example": per_example, "cost": cost}
     (run_dir / "predictions.jsonl").write_text(
         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds), encoding="utf-8"
     )
