@@ -164,7 +164,9 @@ def _strategy_data(
         names.update(k for k, v in (per.get(eid) or {}).items() if _finite(v) or v is None)
     names -= SKIP_PER_EXAMPLE
     arrays = {n: np.array([_f((per.get(e) or {}).get(n)) for e in example_ids]) for n in sorted(names)}
-    for key in SKIP_PER_EXAMPLE:
+    for key in sorted(
+        SKIP_PER_EXAMPLE
+    ):  # a set: sorted, so scores.csv columns do not depend on the hash seed
         if any(key in (per.get(e) or {}) for e in example_ids):
             arrays[key] = np.array([_f((per.get(e) or {}).get(key)) for e in example_ids])
     recs = [preds.get((sid, e)) or {} for e in example_ids]
