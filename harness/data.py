@@ -5,7 +5,8 @@ Format (documented in eval_sets/README.md)::
     <eval-set>/
       kb/*.md  or  kb.jsonl           documents (id = file stem; title = first '# ' heading)
       kb_updates/*.md or kb_updates.jsonl   optional overlay: same id replaces, new id adds
-      train|validation|test.jsonl or .csv   fields: id, question, answer, [context_ids], [tags]
+      train|validation|test.jsonl or .csv   fields: id, question, answer, [context_ids], [tags],
+                                            [must_include], [must_not_include] (JSONL only)
 
 Rows are parsed here (so errors can name file and line) and handed to ``datasets``.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from harness.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 REQUIRED_FIELDS = ("id", "question", "answer")
+_MATCHABLE = re.compile(r"[^\W_]|[$€£¥₹%]")
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,9 @@ def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
         for key in ("context_ids", "tags"):
             value = row.get(key)
             row[key] = [v.strip() for v in value.split(";") if v.strip()] if value else []
+        for key in ("must_include", "must_not_include"):  # JSONL only; an empty CSV cell means absent
+            if key in row and not (row[key] or "").strip():
+                del row[key]
     return rows
 
 
@@ -172,16 +179,52 @@ def _validate_rows(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[d
             value = row.get(key) or []
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise DataError(f"{path}:{lineno}: field {key!r} must be a list of strings")
-        clean.append(
-            {
-                "id": str(row["id"]),
-                "question": str(row["question"]),
-                "answer": str(row["answer"]),
-                "context_ids": list(row.get("context_ids") or []),
-                "tags": list(row.get("tags") or []),
-            }
-        )
+        clean_row = {
+            "id": str(row["id"]),
+            "question": str(row["question"]),
+            "answer": str(row["answer"]),
+            "context_ids": list(row.get("context_ids") or []),
+            "tags": list(row.get("tags") or []),
+        }
+        clean_row.update(_validate_facts(path, lineno, row))
+        clean.append(clean_row)
     return clean
+
+
+def _validate_facts(path: Path, lineno: int, row: dict[str, Any]) -> dict[str, list[list[str]] | list[str]]:
+    """Optional key-fact fields, returned only when present.
+
+    ``must_include`` items are normalised to lists of alternatives (a plain string becomes a one-item
+    list) so the column has one Arrow type; ``must_not_include`` stays a list of strings.
+    """
+
+    def matchable(s: Any) -> bool:
+        # the matcher (harness/scoring/facts.py) needs a letter, digit, currency sign or % to match on
+        return isinstance(s, str) and bool(_MATCHABLE.search(unicodedata.normalize("NFKC", s)))
+
+    out: dict[str, list[list[str]] | list[str]] = {}
+    value = row.get("must_include")
+    if value is not None:
+        where = f"{path}:{lineno}: field 'must_include'"
+        if not isinstance(value, list) or not value:
+            raise DataError(f"{where} must be a non-empty list of facts (strings or lists of alternatives)")
+        items: list[list[str]] = []
+        for i, item in enumerate(value):
+            alts = [item] if isinstance(item, str) else item
+            if not isinstance(alts, list) or not alts or not all(matchable(a) for a in alts):
+                raise DataError(
+                    f"{where} item {i} must be a non-empty string or a non-empty list of non-empty "
+                    f"strings (alternatives), got {item!r}"
+                )
+            items.append(list(alts))
+        out["must_include"] = items
+    value = row.get("must_not_include")
+    if value is not None:
+        where = f"{path}:{lineno}: field 'must_not_include'"
+        if not isinstance(value, list) or not value or not all(matchable(v) for v in value):
+            raise DataError(f"{where} must be a non-empty list of non-empty strings, got {value!r}")
+        out["must_not_include"] = list(value)
+    return out
 
 
 def _find_split_file(root: Path, split: str) -> Path | None:
@@ -220,6 +263,12 @@ def load_eval_set(root: str | Path) -> EvalSet:
                 "tags": datasets.Sequence(datasets.Value("string")),
             }
         )
+        # key-fact columns exist only in splits that use them; rows without them get None
+        if any("must_include" in r for r in rows):
+            features["must_include"] = datasets.Sequence(datasets.Sequence(datasets.Value("string")))
+        if any("must_not_include" in r for r in rows):
+            features["must_not_include"] = datasets.Sequence(datasets.Value("string"))
+        rows = [{k: r.get(k) for k in features} for r in rows]
         splits[split] = datasets.Dataset.from_list(rows, features=features, split=split)
     if not splits:
         raise DataError(

@@ -108,3 +108,65 @@ def test_missing_directory_and_no_splits(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no split files found"):
         load_eval_set(tmp_path / "empty")
+
+
+def test_key_fact_fields_kept_and_normalised(toy_copy):
+    _rewrite_test(
+        toy_copy / "test.jsonl",
+        [
+            {
+                "id": "f1",
+                "question": "q",
+                "answer": "Sixty days.",
+                "must_include": ["60 days", ["30%", "thirty percent"]],
+                "must_not_include": ["45 days"],
+            },
+            {"id": "f2", "question": "q", "answer": "a", "unknown_field": 1},
+        ],
+    )
+    es = load_eval_set(toy_copy)
+    f1, f2 = es.splits["test"]
+    assert f1["must_include"] == [["60 days"], ["30%", "thirty percent"]]
+    assert f1["must_not_include"] == ["45 days"]
+    assert f2["must_include"] is None and f2["must_not_include"] is None and "unknown_field" not in f2
+    # splits that never use the fields do not get the columns
+    assert "must_include" not in es.splits["train"].column_names
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("must_include", "60 days", r"field 'must_include' must be a non-empty list"),
+        ("must_include", [], r"field 'must_include' must be a non-empty list"),
+        ("must_include", ["60 days", 60], r"field 'must_include' item 1 must be a non-empty string"),
+        ("must_include", [["60 days", ""]], r"field 'must_include' item 0 must be"),
+        ("must_include", [[]], r"field 'must_include' item 0 must be"),
+        ("must_include", ["..."], r"field 'must_include' item 0 must be"),
+        ("must_include", [[["nested"]]], r"field 'must_include' item 0 must be"),
+        (
+            "must_not_include",
+            "45 days",
+            r"field 'must_not_include' must be a non-empty list of non-empty strings",
+        ),
+        ("must_not_include", [["45 days", "forty-five days"]], r"field 'must_not_include' must be"),
+        ("must_not_include", [" "], r"field 'must_not_include' must be"),
+    ],
+)
+def test_key_fact_field_errors_name_file_line_and_field(toy_copy, field, value, message):
+    _rewrite_test(
+        toy_copy / "test.jsonl",
+        [
+            {"id": "a", "question": "q", "answer": "x"},
+            {"id": "b", "question": "q", "answer": "x", field: value},
+        ],
+    )
+    with pytest.raises(DataError, match=r"test\.jsonl:2: " + message) as info:
+        load_eval_set(toy_copy)
+    assert "\n" not in str(info.value)
+
+
+def test_csv_empty_fact_cells_are_absent(tmp_path):
+    root = tmp_path / "csvset"
+    root.mkdir()
+    (root / "test.csv").write_text("id,question,answer,must_include\n1,Q?,A,\n", encoding="utf-8")
+    assert "must_include" not in load_eval_set(root).splits["test"].column_names
