@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from harness.data import load_eval_set
-from harness.embeddings import load_embedder
+from harness.scoring.embeddings import load_embedder
 from harness.errors import DataError
 from strategies.retrieval import (
     RetrievalParams,

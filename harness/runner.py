@@ -28,7 +28,7 @@ from harness.manifest import hardware, now_iso, package_versions
 from harness.memory import RssSampler
 from harness.models import cache_root, load_model
 from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, read_json
-from harness.scoring import ScoringContext, score_strategy
+from harness.scoring.score import ScoringContext, score_strategy
 from strategies import registry
 from strategies.base import RunContext, Strategy
 
@@ -273,7 +273,7 @@ def run(
 
 def scoring_context(config: RunConfig, backend: TransformersBackend | None) -> ScoringContext:
     """Model-based metric inputs: the run's base model scores answer perplexity (adapters off)."""
-    from harness.perplexity import answer_perplexities, vocab_size
+    from harness.scoring.perplexity import answer_perplexities, vocab_size
 
     sc = config.scoring
     ctx = ScoringContext(embedding_model=sc.embedding_model, style_tag=sc.style_tag)
@@ -283,7 +283,7 @@ def scoring_context(config: RunConfig, backend: TransformersBackend | None) -> S
         )
         ctx.vocab_size = vocab_size(backend)
     if sc.judge.enabled:
-        from harness.judge import Judge
+        from harness.scoring.judge import Judge
 
         ctx.judge = Judge(sc.judge, config, backend).score
     return ctx

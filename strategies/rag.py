@@ -69,7 +69,7 @@ class RagParams(RetrievalParams):
 
 def faithfulness_scores(predictions: list[str], contexts: list[list[str]]) -> list[float]:
     """Per-answer groundedness via the local ``faithfulness`` evaluate module."""
-    from harness.scoring import load_metric
+    from harness.scoring.score import load_metric
 
     if not predictions:
         return []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.scoring import latency_summary, load_metric, score_strategy, strategy_metrics
+from harness.scoring.score import latency_summary, load_metric, score_strategy, strategy_metrics
 
 
 def compute(name, preds, refs):

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from harness.config import JudgeConfig
-from harness.judge import parse_grade
-from harness.metrics.coherence.coherence import fluency, repetition
-from harness.scoring import ScoringContext, load_metric, score_strategy
+from harness.scoring.judge import parse_grade
+from harness.scoring.metrics.coherence.coherence import fluency, repetition
+from harness.scoring.score import ScoringContext, load_metric, score_strategy
 
 
 def test_semantic_similarity_prefers_paraphrase_over_unrelated():
@@ -109,7 +109,7 @@ def test_answer_perplexity_under_tiny_model(tiny_model_dir):
     from harness.config import ModelConfig
     from harness.generation import TransformersBackend
     from harness.models import load_model
-    from harness.perplexity import answer_perplexities
+    from harness.scoring.perplexity import answer_perplexities
 
     backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tiny_model_dir))
     qs = ["How long is the warranty?", "Until when is chat open?", "Q"]

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from harness.metrics.semantic import pair_cosine
+from harness.scoring.semantic import pair_cosine
 
 _DESCRIPTION = (
     "Cosine similarity of the prediction's and the reference's sentence embeddings (default model: "

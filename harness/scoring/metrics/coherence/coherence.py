@@ -22,8 +22,8 @@ import datasets
 import evaluate
 import numpy as np
 
-from harness.metrics.normalize import normalize_answer
-from harness.metrics.semantic import embed, split_sentences
+from harness.scoring.normalize import normalize_answer
+from harness.scoring.semantic import embed, split_sentences
 
 REPEAT_COSINE = 0.95
 RELATED_COSINE = 0.15

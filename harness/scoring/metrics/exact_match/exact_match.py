@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from harness.metrics.normalize import normalize_answer
+from harness.scoring.normalize import normalize_answer
 
 _DESCRIPTION = "1.0 when the normalised prediction equals the normalised reference, else 0.0."
 _KWARGS = "predictions (list[str]), references (list[str]). Returns score (mean) and scores (per example)."

@@ -5,7 +5,7 @@ from collections import Counter
 import datasets
 import evaluate
 
-from harness.metrics.normalize import tokens
+from harness.scoring.normalize import tokens
 
 _DESCRIPTION = "Harmonic mean of token precision and recall after normalisation; 1.0 when both are empty."
 _KWARGS = "predictions (list[str]), references (list[str]). Returns score (mean) and scores (per example)."

@@ -10,7 +10,7 @@ is empty (nothing grounded) and 1.0 otherwise (nothing unsupported, e.g. "Yes.")
 import datasets
 import evaluate
 
-from harness.metrics.normalize import tokens
+from harness.scoring.normalize import tokens
 
 _DESCRIPTION = (
     "Token-overlap groundedness: |content tokens of the prediction found in the context| / "

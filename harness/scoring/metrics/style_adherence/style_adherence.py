@@ -17,8 +17,8 @@ from collections import Counter
 import datasets
 import evaluate
 
-from harness.metrics.normalize import normalize_answer
-from harness.metrics.semantic import pair_cosine
+from harness.scoring.normalize import normalize_answer
+from harness.scoring.semantic import pair_cosine
 
 MAX_MARKER_WORDS = 6
 

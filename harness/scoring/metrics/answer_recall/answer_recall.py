@@ -9,7 +9,7 @@ from collections import Counter
 import datasets
 import evaluate
 
-from harness.metrics.normalize import tokens
+from harness.scoring.normalize import tokens
 
 _DESCRIPTION = (
     "Recall of normalised reference tokens in the prediction (multiset overlap / reference length)."

@@ -1,0 +1,1 @@
+"""Scoring: the metric registry, the local ``evaluate`` metric modules and the scorer."""
