@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from harness.config import GenerationConfig, JudgeConfig, ModelConfig, RunConfig
+from harness.config import GenerationConfig, JudgeConfig, ModelConfig
 
 _DIGIT = re.compile(r"[1-5]")
 
@@ -22,37 +22,37 @@ def parse_grade(text: str) -> float | None:
 
 
 class Judge:
-    def __init__(self, cfg: JudgeConfig, config: RunConfig, backend: Any | None):
+    """Grades answers with ``cfg.prompt``: the run's backend (adapters off), or ``cfg.model`` loaded once."""
+
+    def __init__(self, cfg: JudgeConfig, backend: Any | None):
         self.cfg = cfg
-        self.config = config
+        self._run_backend = backend
         self._backend = backend if cfg.model is None else None
-        self.raw: list[str] = []
 
     def backend(self) -> Any:
         if self._backend is None:
+            # Bridge until the backend registry lands: open the judge model with the HF backend.
             from harness.generation import TransformersBackend
             from harness.models import cache_root, load_model
 
-            model_cfg = ModelConfig(
-                id=self.cfg.model or self.config.model.id, device=self.config.model.device
-            )
-            self._backend = TransformersBackend(load_model(model_cfg, cache_root(self.config.cache_dir)))
+            if self.cfg.model is None:
+                raise ValueError("judge_score needs the run's model or scoring.judge.model")
+            device = getattr(self._run_backend, "device", "auto") or "auto"
+            model_cfg = ModelConfig(id=self.cfg.model, device=device if device in ("cpu", "cuda") else "auto")
+            self._backend = TransformersBackend(load_model(model_cfg, cache_root(None)))
         return self._backend
 
-    def prompt(self, rec: dict[str, Any]) -> list[dict[str, str]]:
-        text = self.cfg.prompt.format(
-            question=rec["question"], reference=rec.get("reference", ""), answer=rec["prediction"]
-        )
+    def prompt(self, question: str, reference: str, answer: str) -> list[dict[str, str]]:
+        text = self.cfg.prompt.format(question=question, reference=reference or "", answer=answer)
         return [{"role": "user", "content": text}]
 
-    def score(self, records: list[dict[str, Any]]) -> list[float | None]:
+    def score(self, questions: list[str], references: list[str], answers: list[str]) -> list[float | None]:
         backend = self.backend()
         params = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens, temperature=0.0)
+        rows = list(zip(questions, references, answers, strict=True))
         out: list[float | None] = []
-        for start in range(0, len(records), self.cfg.batch_size):
-            chunk = records[start : start + self.cfg.batch_size]
-            gen = backend.generate([self.prompt(r) for r in chunk], params, adapter=None)
-            for g in gen.generations:
-                self.raw.append(g.text)
-                out.append(parse_grade(g.text))
+        for start in range(0, len(rows), self.cfg.batch_size):
+            chunk = rows[start : start + self.cfg.batch_size]
+            gen = backend.generate([self.prompt(*r) for r in chunk], params, adapter=None)
+            out.extend(parse_grade(g.text) for g in gen.generations)
         return out

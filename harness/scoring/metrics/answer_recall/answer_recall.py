@@ -6,15 +6,16 @@ credit for the fact even though exact match is 0 and F1 is diluted by the extra 
 
 from collections import Counter
 
-import datasets
-import evaluate
-
+from harness.scoring import base
 from harness.scoring.normalize import tokens
+from harness.scoring.registry import MetricSpec
 
-_DESCRIPTION = (
-    "Recall of normalised reference tokens in the prediction (multiset overlap / reference length)."
+SPEC = MetricSpec(
+    name="answer_recall",
+    label="Answer recall",
+    needs=frozenset({"references"}),
+    description="Recall of normalised reference tokens in the prediction (multiset overlap / reference length).",
 )
-_KWARGS = "predictions (list[str]), references (list[str]). Returns score (mean) and scores (per example)."
 
 
 def recall(prediction: str, reference: str) -> float:
@@ -24,17 +25,9 @@ def recall(prediction: str, reference: str) -> float:
     return sum((Counter(pred) & Counter(ref)).values()) / len(ref)
 
 
-class AnswerRecall(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+def score(predictions: list[str], references: list[str]) -> list[float]:
+    return [recall(p, r) for p, r in zip(predictions, references, strict=True)]
 
-    def _compute(self, predictions, references):
-        scores = [recall(p, r) for p, r in zip(predictions, references, strict=True)]
-        return {"score": sum(scores) / len(scores) if scores else 0.0, "scores": scores}
+
+class AnswerRecall(base.MetricModule):
+    pass

@@ -1,28 +1,25 @@
 """Exact match after SQuAD-style normalisation (case, punctuation, articles, whitespace)."""
 
-import datasets
-import evaluate
-
+from harness.scoring import base
 from harness.scoring.normalize import normalize_answer
+from harness.scoring.registry import MetricSpec
 
-_DESCRIPTION = "1.0 when the normalised prediction equals the normalised reference, else 0.0."
-_KWARGS = "predictions (list[str]), references (list[str]). Returns score (mean) and scores (per example)."
+SPEC = MetricSpec(
+    name="exact_match",
+    label="Exact match",
+    binary=True,
+    needs=frozenset({"references"}),
+    description="1.0 when the normalised prediction equals the normalised reference, else 0.0.",
+)
+CITATION = "Rajpurkar et al. 2016 (SQuAD)"
 
 
-class ExactMatch(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="Rajpurkar et al. 2016 (SQuAD)",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+def score(predictions: list[str], references: list[str]) -> list[float]:
+    return [
+        float(normalize_answer(p) == normalize_answer(r))
+        for p, r in zip(predictions, references, strict=True)
+    ]
 
-    def _compute(self, predictions, references):
-        scores = [
-            float(normalize_answer(p) == normalize_answer(r))
-            for p, r in zip(predictions, references, strict=True)
-        ]
-        return {"score": sum(scores) / len(scores) if scores else 0.0, "scores": scores}
+
+class ExactMatch(base.MetricModule):
+    pass

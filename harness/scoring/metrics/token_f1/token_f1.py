@@ -2,13 +2,17 @@
 
 from collections import Counter
 
-import datasets
-import evaluate
-
+from harness.scoring import base
 from harness.scoring.normalize import tokens
+from harness.scoring.registry import MetricSpec
 
-_DESCRIPTION = "Harmonic mean of token precision and recall after normalisation; 1.0 when both are empty."
-_KWARGS = "predictions (list[str]), references (list[str]). Returns score (mean) and scores (per example)."
+SPEC = MetricSpec(
+    name="token_f1",
+    label="Token F1",
+    needs=frozenset({"references"}),
+    description="Harmonic mean of token precision and recall after normalisation; 1.0 when both are empty.",
+)
+CITATION = "Rajpurkar et al. 2016 (SQuAD)"
 
 
 def f1(prediction: str, reference: str) -> float:
@@ -22,17 +26,9 @@ def f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class TokenF1(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="Rajpurkar et al. 2016 (SQuAD)",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+def score(predictions: list[str], references: list[str]) -> list[float]:
+    return [f1(p, r) for p, r in zip(predictions, references, strict=True)]
 
-    def _compute(self, predictions, references):
-        scores = [f1(p, r) for p, r in zip(predictions, references, strict=True)]
-        return {"score": sum(scores) / len(scores) if scores else 0.0, "scores": scores}
+
+class TokenF1(base.MetricModule):
+    pass
