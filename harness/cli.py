@@ -83,6 +83,12 @@ def _load(config: str, model: str | None, limit: int | None, strategies: str | N
 
 
 def print_summary(scores: dict[str, Any], run_dir: Path) -> None:
+    """Means over the examples every strategy answered (the analysis the report uses)."""
+    import numpy as np
+
+    from harness.analysis import analyze
+
+    point = analyze(run_dir).point
     metrics = scores["metrics"]
     short = {"semantic_similarity": "semantic", "style_adherence": "style", "answer_recall": "recall"}
     names = [short.get(m, m) for m in metrics]
@@ -94,13 +100,19 @@ def print_summary(scores: dict[str, Any], run_dir: Path) -> None:
     )
     click.echo("\n" + header)
     click.echo("-" * len(header))
-    for sid, s in scores["strategies"].items():
-        lat = s.get("latency", {})
+
+    def num(value: Any) -> float:
+        return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else 0.0
+
+    for sid in scores["strategies"]:
+        p = point.get(sid, {})
         row = f"{sid:<18}" + "".join(
-            f"{100 * v:>{w - 1}.1f}%" if (v := s["metrics"].get(m)) is not None else f"{'n/a':>{w}}"
+            f"{100 * v:>{w - 1}.1f}%"
+            if isinstance(v := p.get(m), (int, float)) and np.isfinite(v)
+            else f"{'n/a':>{w}}"
             for m, w in zip(metrics, widths, strict=True)
         )
-        row += f"{lat.get('latency_p50_ms', 0):>10.0f}{lat.get('latency_p95_ms', 0):>10.0f}{lat.get('tokens_per_s', 0):>9.1f}"
+        row += f"{num(p.get('latency_p50_ms')):>10.0f}{num(p.get('latency_p95_ms')):>10.0f}{num(p.get('tokens_per_s')):>9.1f}"
         click.echo(row)
     decision_file = run_dir / "decision.json"
     if decision_file.is_file():

@@ -1,98 +1,96 @@
-"""Score predictions with local ``evaluate`` modules and summarise latency and throughput."""
+"""Score prediction records with the configured metrics (local ``evaluate`` modules, loaded by path).
+
+For each metric the scorer passes exactly the inputs its ``MetricSpec.needs`` names: record fields
+(``references``, ``questions``, ``contexts``, ``retrieved_ids``, ``context_ids``, ``tags``) and run-level
+inputs (``backend``, ``embedding_model``, ``scoring``). A record lacking a record input the metric needs
+(no ``contexts`` for faithfulness, no ``retrieved_ids`` for recall@k), or lacking the tag named by
+``tag_option``, gets ``None`` for that metric: not applicable, left out of every mean.
+
+``scores.json`` holds per-example scores and diagnostics only; every aggregate (means, confidence
+intervals, per-tag breakdowns) is computed by the analysis over the examples all strategies answered.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import evaluate
 import numpy as np
 
-METRICS_DIR = Path(__file__).parent / "metrics"
+from harness.config import RunConfig, ScoringConfig
+from harness.scoring.registry import RECORD_INPUTS, MetricSpec, get_metric
 
 
 @cache
-def load_metric(name: str) -> evaluate.EvaluationModule:
-    """Load a shipped metric by path: works offline, never touches the Hub."""
-    path = METRICS_DIR / name
-    if not (path / f"{name}.py").is_file():
-        raise ValueError(f"no local metric module {name!r} in {METRICS_DIR}")
-    return evaluate.load(str(path))
+def load_module(path: str):
+    """Load an evaluate module folder by path: works offline, never touches the Hub."""
+    import evaluate
+
+    return evaluate.load(path)
 
 
-# Metrics that need more than (prediction, reference) text; computed in ``model_metric_scores``.
-MODEL_METRICS = ("semantic_similarity", "coherence", "style_adherence")
-
-
-def per_example_scores(
-    metrics: list[str], predictions: list[str], references: list[str]
-) -> dict[str, list[float]]:
-    metrics = [m for m in metrics if m not in MODEL_METRICS]
-    if not predictions:
-        return {m: [] for m in metrics}
-    return {
-        m: load_metric(m).compute(predictions=predictions, references=references)["scores"] for m in metrics
-    }
+def load_metric(name: str):
+    """The loaded evaluate module of a registered metric."""
+    try:
+        spec = get_metric(name)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    return load_module(str(spec.path))
 
 
 @dataclass
-class ScoringContext:
-    """What the model-based metrics need beyond the records (see the metric modules' docstrings)."""
+class ScoringInputs:
+    """Run-level metric inputs: the run's backend (perplexity, judge) and the ``scoring:`` options."""
 
-    embedding_model: str | None = None
-    style_tag: str = "style"
-    perplexity: Callable[[list[str], list[str]], list[float | None]] | None = None
-    vocab_size: int = 32000
-    judge: Callable[[list[dict[str, Any]]], list[float | None]] | None = None
+    backend: Any = None
+    scoring: ScoringConfig | None = None
+
+    def value(self, need: str) -> Any:
+        scoring = self.scoring or ScoringConfig()
+        if need == "backend":
+            return self.backend
+        if need == "embedding_model":
+            return scoring.embedding_model
+        if need == "scoring":
+            return scoring
+        raise KeyError(need)
 
 
-def model_metric_scores(
-    metrics: list[str], records: list[dict[str, Any]], ctx: ScoringContext
-) -> tuple[dict[str, list[float | None]], dict[str, list[Any]]]:
-    """(per-example scores, per-example diagnostics) for the model-based metrics; ``None`` = not scored
-    (style adherence exists only for examples tagged ``ctx.style_tag``)."""
-    preds = [r["prediction"] for r in records]
-    refs = [r["reference"] for r in records]
-    scores: dict[str, list[float | None]] = {}
-    extra: dict[str, list[Any]] = {}
-    if not records:
-        return {m: [] for m in metrics if m in MODEL_METRICS}, extra
-    if "semantic_similarity" in metrics:
-        scores["semantic_similarity"] = load_metric("semantic_similarity").compute(
-            predictions=preds, references=refs, embedding_model=ctx.embedding_model
-        )["scores"]
-    if "coherence" in metrics:
-        ppl = ctx.perplexity([r["question"] for r in records], preds) if ctx.perplexity else None
-        out = load_metric("coherence").compute(
-            predictions=preds,
-            perplexities=ppl,
-            vocab_size=ctx.vocab_size,
-            embedding_model=ctx.embedding_model,
-        )
-        scores["coherence"] = out["scores"]
-        if ppl is not None:
-            extra["perplexity"] = ppl
-            extra["fluency"] = out["fluency"]
-        extra["consistency"] = out["consistency"]
-        extra["repetition"] = out["repetition"]
-    if "style_adherence" in metrics:
-        idx = [i for i, r in enumerate(records) if ctx.style_tag in (r.get("tags") or [])]
-        col: list[float | None] = [None] * len(records)
-        if idx:
-            out = load_metric("style_adherence").compute(
-                predictions=[preds[i] for i in idx],
-                references=[refs[i] for i in idx],
-                embedding_model=ctx.embedding_model,
-            )
-            for i, v in zip(idx, out["scores"], strict=True):
-                col[i] = v
-        scores["style_adherence"] = col
-    if ctx.judge is not None:
-        scores["judge_score"] = ctx.judge(records)
-    return scores, extra
+def applies(spec: MetricSpec, record: dict[str, Any], scoring: ScoringConfig) -> bool:
+    if any(record.get(RECORD_INPUTS[k]) is None for k in spec.record_inputs):
+        return False
+    if spec.tag_option:
+        return getattr(scoring, spec.tag_option) in (record.get("tags") or [])
+    return True
+
+
+def score_metric(
+    spec: MetricSpec, records: list[dict[str, Any]], inputs: ScoringInputs
+) -> tuple[list[float | None], dict[str, list[Any]]]:
+    """(per-example scores, per-example diagnostics) of one metric; ``None`` where it does not apply."""
+    scoring = inputs.scoring or ScoringConfig()
+    idx = [i for i, r in enumerate(records) if applies(spec, r, scoring)]
+    column: list[float | None] = [None] * len(records)
+    diagnostics: dict[str, list[Any]] = {}
+    if not idx:
+        return column, diagnostics
+    chosen = [records[i] for i in idx]
+    kwargs: dict[str, Any] = {"predictions": [r["prediction"] for r in chosen]}
+    for need in spec.record_inputs:
+        kwargs[need] = [r[RECORD_INPUTS[need]] for r in chosen]
+    for need in sorted(spec.needs - set(RECORD_INPUTS)):
+        kwargs[need] = inputs.value(need)
+    out = load_module(str(spec.path)).compute(**kwargs)
+    for i, value in zip(idx, out["scores"], strict=True):
+        column[i] = None if value is None else float(value)
+    for name, values in (out.get("diagnostics") or {}).items():
+        full: list[Any] = [None] * len(records)
+        for i, value in zip(idx, values, strict=True):
+            full[i] = value
+        diagnostics[name] = full
+    return column, diagnostics
 
 
 def latency_summary(
@@ -119,73 +117,59 @@ def latency_summary(
     return out
 
 
-def strategy_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of numeric per-example values a strategy reported in ``extra["metrics"]``
-    (e.g. retrieval recall@k, faithfulness); missing values are skipped, not counted as zero."""
-    values: dict[str, list[float]] = {}
-    for rec in records:
-        for key, value in ((rec.get("extra") or {}).get("metrics") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values.setdefault(key, []).append(float(value))
-    return {k: float(np.mean(v)) for k, v in sorted(values.items())}
-
-
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
-def score_strategy(
-    metrics: list[str], records: list[dict[str, Any]], ctx: ScoringContext | None = None
+def score_records(
+    metrics: list[str], records: list[dict[str, Any]], inputs: ScoringInputs | None = None
 ) -> dict[str, Any]:
-    """Aggregate and per-example scores for one strategy's prediction records (sorted by example id).
-
-    ``per_example`` also keeps each example's strategy-reported metrics (``extra["metrics"]``, e.g.
-    faithfulness) and the coherence diagnostics, so the report can recompute every statistic from
-    the run folder alone. A metric that does not apply to an example (style adherence outside the
-    style tag) is ``None`` there and is left out of means."""
+    """Per-example scores (and diagnostics, e.g. coherence's perplexity) of one strategy's records,
+    keyed by example id, plus its latency summary."""
+    inputs = inputs or ScoringInputs()
     records = sorted(records, key=lambda r: r["example_id"])
-    per: dict[str, list[Any]] = dict(
-        per_example_scores(metrics, [r["prediction"] for r in records], [r["reference"] for r in records])
-    )
+    per: dict[str, list[float | None]] = {}
     diagnostics: dict[str, list[Any]] = {}
-    if any(m in MODEL_METRICS for m in metrics) or (ctx and ctx.judge):
-        model_scores, diagnostics = model_metric_scores(metrics, records, ctx or ScoringContext())
-        per.update(model_scores)
-    names = [m for m in metrics if m in per] + [m for m in per if m not in metrics]
-    aggregate = {m: (_mean(per[m]) if per[m] else 0.0) for m in names}
-    by_tag: dict[str, dict[str, Any]] = {}
-    for i, rec in enumerate(records):
-        for tag in rec.get("tags") or ["untagged"]:
-            slot = by_tag.setdefault(tag, {"n": 0, **{m: [] for m in names}})
-            slot["n"] += 1
-            for m in names:
-                if per[m][i] is not None:
-                    slot[m].append(per[m][i])
-    for slot in by_tag.values():
-        for m in names:
-            vals = slot.pop(m)
-            if vals:
-                slot[m] = float(np.mean(vals))
-    per_example: dict[str, dict[str, Any]] = {}
-    for i, r in enumerate(records):
-        row: dict[str, Any] = {m: per[m][i] for m in names}
-        for key, value in ((r.get("extra") or {}).get("metrics") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in row:
-                row[key] = float(value)
-        for key, values in diagnostics.items():
-            row[key] = values[i]
-        per_example[r["example_id"]] = row
+    for name in metrics:
+        per[name], diag = score_metric(get_metric(name), records, inputs)
+        diagnostics.update(diag)
+    per_example = {
+        r["example_id"]: {
+            **{m: per[m][i] for m in metrics},
+            **{k: values[i] for k, values in diagnostics.items()},
+        }
+        for i, r in enumerate(records)
+    }
     return {
         "n": len(records),
-        "metrics": aggregate,
-        "strategy_metrics": strategy_metrics(records),
         "latency": latency_summary(
             [r["latency_s"] for r in records],
             [r["new_tokens"] for r in records],
             [r["batch_seconds"] for r in records if r.get("batch_seconds") is not None],
         ),
-        "by_tag": dict(sorted(by_tag.items())),
         "prompt_truncated": sum(1 for r in records if r.get("prompt_truncated")),
         "per_example": per_example,
     }
+
+
+def score_run(
+    run_dir: Path,
+    config: RunConfig,
+    manifest: dict[str, Any],
+    order: list[str],
+    backend: Any = None,
+) -> dict[str, Any]:
+    """Score every strategy of a run folder's predictions and write ``scores.json``."""
+    from harness.rundir import PredictionLog, atomic_write_json
+
+    preds = PredictionLog(Path(run_dir) / "predictions.jsonl")
+    result: dict[str, Any] = {
+        "primary_metric": config.primary_metric,
+        "metrics": list(config.metrics),
+        "strategies": {},
+    }
+    if "judge_score" in config.metrics:
+        result["judge"] = config.scoring.judge.model_dump()
+    inputs = ScoringInputs(backend=backend, scoring=config.scoring)
+    for sid in order:
+        scored = score_records(config.metrics, preds.for_strategy(sid), inputs)
+        info = manifest.get("strategies", {}).get(sid, {})
+        result["strategies"][sid] = {"name": info.get("name"), "cost": info.get("cost", {}), **scored}
+    atomic_write_json(Path(run_dir) / "scores.json", result)
+    return result
