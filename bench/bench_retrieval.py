@@ -25,8 +25,8 @@ import faiss
 import numpy as np
 
 from harness.data import load_eval_set
-from harness.embeddings import load_embedder
 from harness.errors import DataError
+from harness.scoring.embeddings import load_embedder
 from strategies.retrieval import (
     RetrievalParams,
     Retriever,

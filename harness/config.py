@@ -7,10 +7,18 @@ Every validation problem becomes a one-line ``ConfigError`` naming the YAML path
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import ConfigError
 
@@ -64,15 +72,24 @@ class StrategySpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-KNOWN_METRICS = (
-    "exact_match",
-    "token_f1",
-    "rouge_l",
-    "answer_recall",
-    "semantic_similarity",
-    "coherence",
-    "style_adherence",
-)
+def _known_metric(name: str) -> str:
+    """A name of the metric registry (shipped modules, ``adaptbench.metrics`` plugins, ``register_metric``)."""
+    from harness.scoring.registry import available_metrics
+
+    known = available_metrics()
+    if name not in known:
+        raise ValueError(f"unknown metric {name!r} (known: {', '.join(known)})")
+    return name
+
+
+def _default_metrics() -> list[str]:
+    from harness.scoring.registry import default_metrics
+
+    return default_metrics()
+
+
+MetricName = Annotated[str, AfterValidator(_known_metric)]
+
 
 DEFAULT_JUDGE_PROMPT = (
     "You grade a customer-support answer.\n"
@@ -85,7 +102,7 @@ DEFAULT_JUDGE_PROMPT = (
 class JudgeConfig(StrictModel):
     """Optional LLM-as-judge rubric score (off by default; slow). Recorded with its prompt."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="add judge_score to metrics (same as listing it there)")
     model: str | None = Field(
         None, description="local model id/path; null = the run's base model, adapters off"
     )
@@ -111,7 +128,8 @@ class JudgeConfig(StrictModel):
 
 
 class ScoringConfig(StrictModel):
-    """Options of the model-based metrics (semantic similarity, coherence, style adherence, judge)."""
+    """Options of the model-based metrics (semantic similarity, coherence, style adherence, judge);
+    metrics receive this section when their ``MetricSpec.needs`` names ``scoring``."""
 
     embedding_model: str | None = Field(
         None, description="sentence-transformers id/path; null = offline MiniLM"
@@ -183,8 +201,10 @@ class RunConfig(StrictModel):
     eval_set: EvalSetConfig
     strategies: list[StrategySpec] = Field(min_length=1)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    metrics: list[str] = Field(default_factory=lambda: list(KNOWN_METRICS))
-    primary_metric: str = "token_f1"
+    metrics: list[MetricName] = Field(
+        default_factory=_default_metrics, description="metric names; default = every default metric"
+    )
+    primary_metric: MetricName = "token_f1"
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     seed: int = 0
@@ -193,16 +213,21 @@ class RunConfig(StrictModel):
 
     @field_validator("metrics")
     @classmethod
-    def _known_metrics(cls, value: list[str]) -> list[str]:
-        unknown = [m for m in value if m not in KNOWN_METRICS]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r} (known: {', '.join(KNOWN_METRICS)})")
+    def _some_metrics(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one metric is required")
         return value
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        from harness.scoring.registry import get_metric
+
+        if self.scoring.judge.enabled and "judge_score" not in self.metrics:
+            self.metrics.append("judge_score")
+        for name in self.metrics:
+            option = get_metric(name).tag_option
+            if option is not None and option not in ScoringConfig.model_fields:
+                raise ValueError(f"metric {name!r}: tag_option {option!r} is not a scoring option")
         if self.primary_metric not in self.metrics:
             raise ValueError(f"primary_metric {self.primary_metric!r} must be one of metrics {self.metrics}")
         seen: set[str] = set()

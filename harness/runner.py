@@ -28,7 +28,6 @@ from harness.manifest import hardware, now_iso, package_versions
 from harness.memory import RssSampler
 from harness.models import cache_root, load_model
 from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, read_json
-from harness.scoring import ScoringContext, score_strategy
 from strategies import registry
 from strategies.base import RunContext, Strategy
 
@@ -116,6 +115,12 @@ def prediction_record(strategy: Strategy, example: dict[str, Any], answer: Any) 
         "new_tokens": answer.new_tokens,
         "prompt_tokens": answer.prompt_tokens,
         "prompt_truncated": answer.prompt_truncated,
+        **({"contexts": answer.contexts} if getattr(answer, "contexts", None) is not None else {}),
+        **(
+            {"retrieved_ids": answer.retrieved_ids, "context_ids": list(example.get("context_ids") or [])}
+            if getattr(answer, "retrieved_ids", None) is not None
+            else {}
+        ),
         **({"extra": answer.extra} if answer.extra else {}),
     }
 
@@ -271,24 +276,6 @@ def run(
     return RunResult(run_dir=run_dir, scores=scores)
 
 
-def scoring_context(config: RunConfig, backend: TransformersBackend | None) -> ScoringContext:
-    """Model-based metric inputs: the run's base model scores answer perplexity (adapters off)."""
-    from harness.perplexity import answer_perplexities, vocab_size
-
-    sc = config.scoring
-    ctx = ScoringContext(embedding_model=sc.embedding_model, style_tag=sc.style_tag)
-    if backend is not None and "coherence" in config.metrics:
-        ctx.perplexity = lambda questions, answers: answer_perplexities(
-            backend, questions, answers, batch_size=sc.perplexity_batch_size
-        )
-        ctx.vocab_size = vocab_size(backend)
-    if sc.judge.enabled:
-        from harness.judge import Judge
-
-        ctx.judge = Judge(sc.judge, config, backend).score
-    return ctx
-
-
 def compute_scores(
     run_dir: Path,
     config: RunConfig,
@@ -296,22 +283,10 @@ def compute_scores(
     order: list[str],
     backend: TransformersBackend | None = None,
 ) -> dict[str, Any]:
-    preds = PredictionLog(run_dir / "predictions.jsonl")
-    result: dict[str, Any] = {
-        "primary_metric": config.primary_metric,
-        "metrics": config.metrics,
-        "strategies": {},
-    }
-    ctx = scoring_context(config, backend)
-    if config.scoring.judge.enabled:
-        result["judge"] = config.scoring.judge.model_dump()
-    for sid in order:
-        scored = score_strategy(config.metrics, preds.for_strategy(sid), ctx)
-        scored["name"] = manifest["strategies"].get(sid, {}).get("name")
-        scored["cost"] = manifest["strategies"].get(sid, {}).get("cost", {})
-        result["strategies"][sid] = scored
-    atomic_write_json(run_dir / "scores.json", result)
-    return result
+    """Score the run's predictions with the configured metrics and write ``scores.json``."""
+    from harness.scoring.score import score_run
+
+    return score_run(run_dir, config, manifest, order, backend=backend)
 
 
 def render_reports(run_dir: Path) -> None:

@@ -45,6 +45,8 @@ class Answer:
     new_tokens: int
     prompt_tokens: int
     prompt_truncated: bool = False
+    contexts: list[str] | None = None  # texts the answer was grounded on (faithfulness metric input)
+    retrieved_ids: list[str] | None = None  # doc ids of retrieved chunks in rank order (retrieval metrics)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

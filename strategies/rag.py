@@ -25,7 +25,6 @@ from strategies.retrieval import (
     Retriever,
     build_rag_prompt,
     render_rag_user,
-    retrieval_metrics,
     source_chunk_id,
 )
 from strategies.templates import load_template
@@ -54,7 +53,9 @@ class RagParams(RetrievalParams):
         0, ge=0, le=16, description="RAG-format demonstrations (question + its retrieved context + answer)"
     )
     example_split: str = Field("train", description="split the demonstrations are drawn from")
-    faithfulness: bool = Field(True, description="score each answer's groundedness in its context")
+    faithfulness: bool = Field(
+        True, description="hand each answer's context to the faithfulness metric (false: not scored)"
+    )
 
     @field_validator("template")
     @classmethod
@@ -65,15 +66,6 @@ class RagParams(RetrievalParams):
             except jinja2.TemplateError as exc:
                 raise ValueError(f"template does not compile: {exc}") from None
         return value
-
-
-def faithfulness_scores(predictions: list[str], contexts: list[list[str]]) -> list[float]:
-    """Per-answer groundedness via the local ``faithfulness`` evaluate module."""
-    from harness.scoring import load_metric
-
-    if not predictions:
-        return []
-    return load_metric("faithfulness").compute(predictions=predictions, contexts=contexts)["scores"]
 
 
 @register
@@ -185,7 +177,6 @@ class RagStrategy(Strategy):
                 }
                 for c in hits
             ],
-            "metrics": retrieval_metrics(hits, example.get("context_ids") or [], self.params.top_k),
         }
         if self.params.context_sentences:
             extra["context"] = [{"id": c.chunk_id, "score": round(c.score, 4)} for c in used]
@@ -212,10 +203,8 @@ class RagStrategy(Strategy):
             [p for p, _, _ in built], self.ctx.config.generation, adapter=self.adapter
         )
         answers = answers_from(result, [extra for _, extra, _ in built])
-        if self.params.faithfulness:
-            scores = faithfulness_scores(
-                [a.text for a in answers], [[c.text for c in used] for _, _, used in built]
-            )
-            for answer, score in zip(answers, scores, strict=True):
-                answer.extra["metrics"]["faithfulness"] = score
+        for answer, hits, (_, _, used) in zip(answers, all_hits, built, strict=True):
+            answer.retrieved_ids = [c.doc_id for c in hits]
+            if self.params.faithfulness:
+                answer.contexts = [c.text for c in used]
         return answers

@@ -57,8 +57,8 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from harness.data import Document
-from harness.embeddings import DEFAULT_EMBEDDING_MODEL, load_embedder
 from harness.errors import ConfigError
+from harness.scoring.embeddings import DEFAULT_EMBEDDING_MODEL, load_embedder
 from strategies.base import Params
 from strategies.templates import load_template
 

@@ -14,28 +14,6 @@ TOY_SET = FIXTURES / "toy_set"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _register_facts_module() -> None:
-    """Make ``harness.scoring.facts`` importable while ``harness.scoring`` is still a module.
-
-    The file lives where the ``harness/scoring/`` package will be; once that package exists the
-    normal import succeeds and this shim does nothing (delete it then).
-    """
-    import importlib.util
-    import sys
-
-    try:
-        import harness.scoring.facts  # noqa: F401
-    except ModuleNotFoundError:
-        path = REPO / "harness" / "scoring" / "facts.py"
-        spec = importlib.util.spec_from_file_location("harness.scoring.facts", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-
-
-_register_facts_module()
-
-
 def _corpus() -> list[str]:
     texts = [p.read_text(encoding="utf-8") for p in sorted(TOY_SET.rglob("*.md"))]
     texts += [p.read_text(encoding="utf-8") for p in sorted(TOY_SET.glob("*.jsonl"))]

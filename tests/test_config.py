@@ -39,7 +39,7 @@ def test_valid_config_resolves_paths_relative_to_file(tmp_path):
         ({"modle": {}}, "modle: unknown key"),
         ({"model": {"device": "tpu"}}, "model.device: must be one of 'auto', 'cpu' or 'cuda'"),
         ({"strategies": []}, "strategies: must not be empty"),
-        ({"metrics": ["bleu"]}, "metrics: unknown metric 'bleu'"),
+        ({"metrics": ["bleu"]}, "metrics[0]: unknown metric 'bleu'"),
         ({"strategies": [{"name": "prompt"}, {"name": "prompt"}]}, "duplicate strategy id 'prompt'"),
         ({"eval_set": {}}, "eval_set.path: required field is missing"),
         ({"eval_set": {"path": "nowhere"}}, "eval_set.path: directory not found"),

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from harness.config import JudgeConfig
-from harness.judge import parse_grade
-from harness.metrics.coherence.coherence import fluency, repetition
-from harness.scoring import ScoringContext, load_metric, score_strategy
+from harness.scoring.judge import parse_grade
+from harness.scoring.metrics.coherence.coherence import fluency, repetition
+from harness.scoring.score import ScoringInputs, load_metric, score_records
 
 
 def test_semantic_similarity_prefers_paraphrase_over_unrelated():
@@ -75,7 +75,17 @@ def _rec(eid, pred, ref, tags, latency=0.1):
     }
 
 
-def test_score_strategy_model_metrics_apply_per_tag():
+class FixedPerplexity:
+    """A backend with the LogLikelihood capability whose answers all have the same perplexity."""
+
+    def __init__(self, ppl: float, vocab_size: int):
+        self.nll, self.vocab_size = math.log(ppl), vocab_size
+
+    def completion_nll(self, contexts, completions, batch_size=8, max_completion_tokens=256):
+        return [self.nll if c.strip() else None for c in completions]
+
+
+def test_score_records_model_metrics_apply_per_tag():
     recs = [
         _rec(
             "a",
@@ -86,15 +96,19 @@ def test_score_strategy_model_metrics_apply_per_tag():
         _rec("b", "540 Wh", "540 Wh.", ["knowledge"]),
         _rec("c", "Hi there! Sorry. — Care Team", "Hi there! Returns: 60 days. — Care Team", ["style"]),
     ]
-    ctx = ScoringContext(perplexity=lambda qs, ans: [5.0] * len(ans), vocab_size=1000)
-    out = score_strategy(["token_f1", "semantic_similarity", "coherence", "style_adherence"], recs, ctx)
+    out = score_records(
+        ["token_f1", "semantic_similarity", "coherence", "style_adherence"],
+        recs,
+        ScoringInputs(backend=FixedPerplexity(5.0, vocab_size=1000)),
+    )
     per = out["per_example"]
     assert per["b"]["style_adherence"] is None and per["a"]["style_adherence"] is not None
-    assert out["metrics"]["style_adherence"] == pytest.approx(
-        (per["a"]["style_adherence"] + per["c"]["style_adherence"]) / 2
+    style = load_metric("style_adherence").compute(
+        predictions=[recs[0]["prediction"], recs[2]["prediction"]],
+        references=[recs[0]["reference"], recs[2]["reference"]],
     )
-    assert per["b"]["perplexity"] == 5.0 and 0 < per["b"]["coherence"] <= 1
-    assert "style_adherence" not in out["by_tag"]["knowledge"]
+    assert [per["a"]["style_adherence"], per["c"]["style_adherence"]] == pytest.approx(style["scores"])
+    assert per["b"]["perplexity"] == pytest.approx(5.0) and 0 < per["b"]["coherence"] <= 1
     assert out["latency"]["batches"] == 1 and out["latency"]["batch_seconds_mean"] == pytest.approx(0.2)
 
 
@@ -109,7 +123,7 @@ def test_answer_perplexity_under_tiny_model(tiny_model_dir):
     from harness.config import ModelConfig
     from harness.generation import TransformersBackend
     from harness.models import load_model
-    from harness.perplexity import answer_perplexities
+    from harness.scoring.perplexity import answer_perplexities
 
     backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tiny_model_dir))
     qs = ["How long is the warranty?", "Until when is chat open?", "Q"]

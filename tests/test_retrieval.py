@@ -11,9 +11,9 @@ import pytest
 
 from harness.config import StrategySpec
 from harness.data import Document, load_eval_set
-from harness.embeddings import load_embedder
 from harness.errors import ConfigError
-from harness.scoring import load_metric
+from harness.scoring.embeddings import load_embedder
+from harness.scoring.score import load_metric
 from strategies import registry
 from strategies.retrieval import (
     RetrievalParams,

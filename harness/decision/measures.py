@@ -1,6 +1,8 @@
 """Names, directions and units of everything the decision engine can constrain, weight and chart.
 
 Kept free of heavy imports: ``harness.config`` validates ``decision.constraints`` / ``weights`` against it.
+Quality measures are not listed here: each metric's ``MetricSpec`` (harness/scoring/registry.py) gives its
+label, unit and direction, so a new metric is a measure without touching this file.
 
 Kinds:
 * ``mean``: mean over examples of a per-example value (quality metrics, serving cost);
@@ -12,8 +14,11 @@ Kinds:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
+
+from harness.scoring.registry import MetricSpec, available_metrics
 
 
 @dataclass(frozen=True)
@@ -29,22 +34,48 @@ class Measure:
     description: str = ""
 
 
-QUALITY_METRICS = {
-    "exact_match": "Exact match",
-    "token_f1": "Token F1",
-    "rouge_l": "ROUGE-L",
-    "answer_recall": "Answer recall",
-    "semantic_similarity": "Semantic similarity",
-    "coherence": "Coherence",
-    "style_adherence": "Style adherence",
-    "faithfulness": "Faithfulness",
-    "judge_score": "LLM-judge score",
-    "mrr": "Retrieval MRR",
-}
+def metric_measure(spec: MetricSpec) -> Measure:
+    """A quality measure from a metric's spec: mean over examples, its label, unit and direction."""
+    return Measure(spec.name, spec.label, spec.unit, spec.higher_is_better, "mean", "quality")
 
-MEASURES: dict[str, Measure] = {
-    name: Measure(name, label, "", True, "mean", "quality") for name, label in QUALITY_METRICS.items()
-}
+
+class _QualityMetrics(Mapping[str, str]):
+    """Metric name -> label, a live view of the metric registry (plugins and test metrics included)."""
+
+    def __getitem__(self, name: str) -> str:
+        return available_metrics()[name].label
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(available_metrics())
+
+    def __len__(self) -> int:
+        return len(available_metrics())
+
+
+class _Measures(Mapping[str, Measure]):
+    """Every measure: the registry's metrics (quality), then the fixed latency and cost measures."""
+
+    def __init__(self, fixed: dict[str, Measure]):
+        self.fixed = fixed
+
+    def __getitem__(self, name: str) -> Measure:
+        if name in self.fixed:
+            return self.fixed[name]
+        return metric_measure(available_metrics()[name])
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (n for n in available_metrics() if n not in self.fixed)
+        yield from self.fixed
+
+    def __len__(self) -> int:
+        return len(set(available_metrics()) | set(self.fixed))
+
+    def update(self, measures: dict[str, Measure]) -> None:
+        self.fixed.update(measures)
+
+
+QUALITY_METRICS: Mapping[str, str] = _QualityMetrics()
+MEASURES = _Measures({})
 MEASURES.update(
     {
         "latency_mean_ms": Measure("latency_mean_ms", "Mean latency", "ms", False, "mean", "latency", 1.0),

@@ -13,26 +13,30 @@ Per answer:
 * repetition = 1 - distinct word trigrams / word trigrams (0 under four words);
 * coherence = (fluency + consistency) / 2 x (1 - repetition); 0 for an empty answer.
 
-Without perplexities (``perplexities=None``) fluency is left out: coherence = consistency x (1 - repetition).
+Without perplexities (no backend with the LogLikelihood capability, and ``perplexities=None``) fluency
+is left out: coherence = consistency x (1 - repetition).
 """
 
 import math
 
-import datasets
-import evaluate
 import numpy as np
 
-from harness.metrics.normalize import normalize_answer
-from harness.metrics.semantic import embed, split_sentences
+from harness.scoring import base
+from harness.scoring.normalize import normalize_answer
+from harness.scoring.registry import MetricSpec
+from harness.scoring.semantic import embed, split_sentences
+
+SPEC = MetricSpec(
+    name="coherence",
+    label="Coherence",
+    needs=frozenset({"questions", "backend", "embedding_model", "scoring"}),
+    description=__doc__,
+)
+DIAGNOSTICS = ("perplexity", "fluency", "consistency", "repetition")
 
 REPEAT_COSINE = 0.95
 RELATED_COSINE = 0.15
 MIN_CONTENT_WORDS = 3
-
-_KWARGS = (
-    "predictions (list[str]), perplexities (list[float | None] | None), vocab_size (int), "
-    "embedding_model (str | None). Returns score, scores, and per-example fluency, consistency, repetition."
-)
 
 
 def fluency(perplexity, vocab_size: int) -> float:
@@ -69,31 +73,44 @@ def consistency_scores(predictions: list[str], embedding_model=None) -> list[flo
     return out
 
 
-class Coherence(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+def score(
+    predictions: list[str],
+    questions: list[str] | None = None,
+    backend=None,
+    embedding_model: str | None = None,
+    scoring=None,
+    perplexities: list[float | None] | None = None,
+    vocab_size: int = 32000,
+) -> dict:
+    """Per-example coherence; perplexities come from ``backend`` (adapters off) when it can score
+    likelihoods, else from ``perplexities`` (tests), else fluency is left out."""
+    predictions = list(predictions)
+    if perplexities is None and backend is not None and questions is not None:
+        from harness.scoring.perplexity import answer_perplexities, supports_perplexity
+        from harness.scoring.perplexity import vocab_size as backend_vocab
 
-    def _compute(self, predictions, perplexities=None, vocab_size=32000, embedding_model=None):
-        predictions = list(predictions)
-        cons = consistency_scores(predictions, embedding_model)
-        reps = [repetition(p) for p in predictions]
-        flu = [fluency(x, vocab_size) for x in perplexities] if perplexities is not None else None
-        scores = []
-        for i, pred in enumerate(predictions):
-            if not pred.strip():
-                scores.append(0.0)
-                continue
-            base = (flu[i] + cons[i]) / 2 if flu is not None else cons[i]
-            scores.append(float(base * (1.0 - reps[i])))
-        return {
-            "score": sum(scores) / len(scores) if scores else 0.0,
-            "scores": scores,
-            "fluency": flu,
-            "consistency": cons,
-            "repetition": reps,
-        }
+        if supports_perplexity(backend):
+            batch = getattr(scoring, "perplexity_batch_size", 8)
+            perplexities = answer_perplexities(backend, list(questions), predictions, batch_size=batch)
+            vocab_size = backend_vocab(backend)
+    cons = consistency_scores(predictions, embedding_model)
+    reps = [repetition(p) for p in predictions]
+    flu = [fluency(x, vocab_size) for x in perplexities] if perplexities is not None else None
+    scores = []
+    for i, pred in enumerate(predictions):
+        if not pred.strip():
+            scores.append(0.0)
+            continue
+        base_score = (flu[i] + cons[i]) / 2 if flu is not None else cons[i]
+        scores.append(float(base_score * (1.0 - reps[i])))
+    return {
+        "scores": scores,
+        "perplexity": list(perplexities) if perplexities is not None else None,
+        "fluency": flu,
+        "consistency": cons,
+        "repetition": reps,
+    }
+
+
+class Coherence(base.MetricModule):
+    pass

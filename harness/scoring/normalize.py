@@ -1,7 +1,7 @@
 """SQuAD-style answer normalisation shared by the text-overlap metrics.
 
 Kept dependency-free because each local ``evaluate`` module is imported by path and copies its
-imports; the modules import this file from the same folder via ``harness.metrics.normalize``.
+imports; the modules import this file from the same folder via ``harness.scoring.normalize``.
 """
 
 from __future__ import annotations

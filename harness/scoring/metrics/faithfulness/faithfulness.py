@@ -5,20 +5,23 @@ Stop words are ignored so "the", "is", "you" do not count as support; numbers an
 which is what hallucinations usually get wrong. A light plural/possessive fold ("returns" ~ "return")
 avoids penalising paraphrase of the same word. An answer with no content tokens scores 0.0 when it
 is empty (nothing grounded) and 1.0 otherwise (nothing unsupported, e.g. "Yes.").
+
+Scored for answers whose record carries ``contexts`` (the texts a strategy grounded the answer on,
+e.g. RAG's chunks in the prompt); ``None`` (not applicable) for the others.
 """
 
-import datasets
-import evaluate
+from harness.scoring import base
+from harness.scoring.normalize import tokens
+from harness.scoring.registry import MetricSpec
 
-from harness.metrics.normalize import tokens
-
-_DESCRIPTION = (
-    "Token-overlap groundedness: |content tokens of the prediction found in the context| / "
-    "|content tokens of the prediction|, after SQuAD normalisation and stop-word removal."
-)
-_KWARGS = (
-    "predictions (list[str]), contexts (list[list[str]]: the passages each prediction was generated from). "
-    "Returns score (mean) and scores (per example)."
+SPEC = MetricSpec(
+    name="faithfulness",
+    label="Faithfulness",
+    needs=frozenset({"contexts"}),
+    description=(
+        "Token-overlap groundedness: |content tokens of the prediction found in the context| / "
+        "|content tokens of the prediction|, after SQuAD normalisation and stop-word removal."
+    ),
 )
 
 STOPWORDS = frozenset(
@@ -50,20 +53,11 @@ def groundedness(prediction: str, contexts: list[str]) -> float:
     return sum(1 for t in answer if t in support) / len(answer)
 
 
-class Faithfulness(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("string"),
-                    "contexts": datasets.Sequence(datasets.Value("string")),
-                }
-            ),
-        )
+def score(predictions: list[str], contexts: list[list[str] | None]) -> list[float | None]:
+    return [
+        None if c is None else groundedness(p, list(c)) for p, c in zip(predictions, contexts, strict=True)
+    ]
 
-    def _compute(self, predictions, contexts):
-        scores = [groundedness(p, list(c)) for p, c in zip(predictions, contexts, strict=True)]
-        return {"score": sum(scores) / len(scores) if scores else 0.0, "scores": scores}
+
+class Faithfulness(base.MetricModule):
+    pass

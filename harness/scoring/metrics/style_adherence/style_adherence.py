@@ -1,6 +1,7 @@
 """Style adherence for tone/format questions: closeness to the company's reference answers.
 
-Scored only on examples tagged ``style`` (the caller passes just those). Per answer:
+Scored only on examples tagged ``scoring.style_tag`` (default ``style``; the scorer passes just those).
+Per answer:
 
 * similarity = cosine of the answer's and the reference's sentence embeddings (as semantic_similarity);
 * house-style markers are derived from the style-tagged reference answers themselves: the longest
@@ -14,18 +15,20 @@ Scored only on examples tagged ``style`` (the caller passes just those). Per ans
 
 from collections import Counter
 
-import datasets
-import evaluate
+from harness.scoring import base
+from harness.scoring.normalize import normalize_answer
+from harness.scoring.registry import MetricSpec
+from harness.scoring.semantic import pair_cosine
 
-from harness.metrics.normalize import normalize_answer
-from harness.metrics.semantic import pair_cosine
+SPEC = MetricSpec(
+    name="style_adherence",
+    label="Style adherence",
+    needs=frozenset({"references", "embedding_model"}),
+    tag_option="style_tag",
+    description=__doc__,
+)
 
 MAX_MARKER_WORDS = 6
-
-_KWARGS = (
-    "predictions (list[str]), references (list[str]) of style-tagged examples, embedding_model (str | None). "
-    "Returns score, scores, per-example checks and the derived markers."
-)
 
 
 def _words(text: str) -> list[str]:
@@ -60,28 +63,19 @@ def style_checks(prediction: str, reference: str, opening: tuple, closing: tuple
     }
 
 
-class StyleAdherence(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+def score(predictions: list[str], references: list[str], embedding_model: str | None = None) -> dict:
+    predictions, references = list(predictions), list(references)
+    opening = shared_marker(references, from_end=False)
+    closing = shared_marker(references, from_end=True)
+    sims = pair_cosine(predictions, references, embedding_model)
+    checks = [style_checks(p, r, opening, closing) for p, r in zip(predictions, references, strict=True)]
+    return {
+        "scores": [(s + sum(c.values()) / len(c)) / 2 for s, c in zip(sims, checks, strict=True)],
+        "similarity": sims,
+        "checks": checks,
+        "markers": {"opening": " ".join(opening), "closing": " ".join(closing)},
+    }
 
-    def _compute(self, predictions, references, embedding_model=None):
-        predictions, references = list(predictions), list(references)
-        opening = shared_marker(references, from_end=False)
-        closing = shared_marker(references, from_end=True)
-        sims = pair_cosine(predictions, references, embedding_model)
-        checks = [style_checks(p, r, opening, closing) for p, r in zip(predictions, references, strict=True)]
-        scores = [(s + sum(c.values()) / len(c)) / 2 for s, c in zip(sims, checks, strict=True)]
-        return {
-            "score": sum(scores) / len(scores) if scores else 0.0,
-            "scores": scores,
-            "similarity": sims,
-            "checks": checks,
-            "markers": {"opening": " ".join(opening), "closing": " ".join(closing)},
-        }
+
+class StyleAdherence(base.MetricModule):
+    pass

@@ -18,10 +18,26 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def supports_perplexity(backend: Any) -> bool:
+    """The backend can score likelihoods: the ``LogLikelihood`` capability (``completion_nll``), or
+    (until every backend has it) a Hugging Face model and tokenizer."""
+    return callable(getattr(backend, "completion_nll", None)) or (
+        hasattr(backend, "model") and hasattr(backend, "tokenizer") and hasattr(backend, "_adapter_context")
+    )
+
+
 def answer_perplexities(
     backend: Any, questions: list[str], answers: list[str], batch_size: int = 8, max_answer_tokens: int = 256
 ) -> list[float | None]:
     """Perplexity of each answer given its question; ``None`` for an empty answer."""
+    if callable(getattr(backend, "completion_nll", None)):
+        nll = backend.completion_nll(
+            [[{"role": "user", "content": q}] for q in questions],
+            list(answers),
+            batch_size=batch_size,
+            max_completion_tokens=max_answer_tokens,
+        )
+        return [None if v is None else float(math.exp(min(v, 50.0))) for v in nll]
     tokenizer, model = backend.tokenizer, backend.model
     window = int(getattr(backend, "context_window", 2048) or 2048)
     rows: list[tuple[int, list[int], int]] = []  # (position, ids, n_context)
@@ -61,5 +77,7 @@ def answer_perplexities(
 
 
 def vocab_size(backend: Any) -> int:
+    if isinstance(getattr(backend, "vocab_size", None), int):
+        return int(backend.vocab_size)
     config = getattr(backend.model, "config", None)
     return int(getattr(config, "vocab_size", None) or len(backend.tokenizer))

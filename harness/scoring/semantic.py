@@ -1,6 +1,6 @@
 """Embedding helpers shared by the model-based metrics (semantic similarity, coherence, style).
 
-Embeddings come from ``harness.embeddings.load_embedder`` (default: the offline all-MiniLM-L6-v2
+Embeddings come from ``harness.scoring.embeddings.load_embedder`` (default: the offline all-MiniLM-L6-v2
 package), L2-normalised, so a dot product is the cosine similarity.
 """
 
@@ -15,7 +15,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 def embed(texts: list[str], model: str | None = None, batch_size: int = 64) -> np.ndarray:
     """Unit-norm embeddings, one row per text (empty strings embed as themselves)."""
-    from harness.embeddings import load_embedder
+    from harness.scoring.embeddings import load_embedder
 
     if not texts:
         return np.zeros((0, 1), dtype=np.float32)

@@ -1,0 +1,33 @@
+"""Share of reference tokens found in the prediction: lenient accuracy for verbose small models.
+
+A model that answers "Sure! The return window is 45 days from delivery, as stated..." gets full
+credit for the fact even though exact match is 0 and F1 is diluted by the extra words.
+"""
+
+from collections import Counter
+
+from harness.scoring import base
+from harness.scoring.normalize import tokens
+from harness.scoring.registry import MetricSpec
+
+SPEC = MetricSpec(
+    name="answer_recall",
+    label="Answer recall",
+    needs=frozenset({"references"}),
+    description="Recall of normalised reference tokens in the prediction (multiset overlap / reference length).",
+)
+
+
+def recall(prediction: str, reference: str) -> float:
+    pred, ref = tokens(prediction), tokens(reference)
+    if not ref:
+        return float(not pred)
+    return sum((Counter(pred) & Counter(ref)).values()) / len(ref)
+
+
+def score(predictions: list[str], references: list[str]) -> list[float]:
+    return [recall(p, r) for p, r in zip(predictions, references, strict=True)]
+
+
+class AnswerRecall(base.MetricModule):
+    pass
