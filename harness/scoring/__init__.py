@@ -11,7 +11,7 @@ from typing import Any
 import evaluate
 import numpy as np
 
-METRICS_DIR = Path(__file__).parent / "metrics"
+METRICS_DIR = Path(__file__).parent.parent / "metrics"
 
 
 @cache
