@@ -3,7 +3,7 @@
 The index (sentence-transformers embeddings + faiss) is built once per knowledge base and cached
 under ``<cache>/indexes/<hash>``; the eval set's ``kb_updates/`` overlay is applied incrementally, so
 RAG answers from the updated facts without any retraining (the ``updated`` tag measures this).
-See ``strategies/retrieval.py`` for the reusable pieces and ``docs/rag.md`` for the behaviour.
+See ``strategies/retrieval/`` for the reusable pieces and ``docs/rag.md`` for the behaviour.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 
 from harness.errors import ConfigError
 from harness.generation import Prompt
+from harness.scoring.retrieval_metrics import retrieval_metrics
 from strategies.base import Answer, RunContext, Strategy, answers_from
 from strategies.registry import register
 from strategies.retrieval import (
@@ -25,7 +26,6 @@ from strategies.retrieval import (
     Retriever,
     build_rag_prompt,
     render_rag_user,
-    retrieval_metrics,
     source_chunk_id,
 )
 from strategies.templates import load_template
@@ -185,7 +185,9 @@ class RagStrategy(Strategy):
                 }
                 for c in hits
             ],
-            "metrics": retrieval_metrics(hits, example.get("context_ids") or [], self.params.top_k),
+            "metrics": retrieval_metrics(
+                [c.doc_id for c in hits], example.get("context_ids") or [], self.params.top_k
+            ),
         }
         if self.params.context_sentences:
             extra["context"] = [{"id": c.chunk_id, "score": round(c.score, 4)} for c in used]
