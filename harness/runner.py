@@ -116,6 +116,12 @@ def prediction_record(strategy: Strategy, example: dict[str, Any], answer: Any) 
         "new_tokens": answer.new_tokens,
         "prompt_tokens": answer.prompt_tokens,
         "prompt_truncated": answer.prompt_truncated,
+        **({"contexts": answer.contexts} if getattr(answer, "contexts", None) is not None else {}),
+        **(
+            {"retrieved_ids": answer.retrieved_ids, "context_ids": list(example.get("context_ids") or [])}
+            if getattr(answer, "retrieved_ids", None) is not None
+            else {}
+        ),
         **({"extra": answer.extra} if answer.extra else {}),
     }
 

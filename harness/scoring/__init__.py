@@ -119,12 +119,36 @@ def latency_summary(
     return out
 
 
+def _reported_metrics(rec: dict[str, Any]) -> dict[str, Any]:
+    """Per-example metrics a strategy reported (``extra["metrics"]``) plus those derived from its record's
+    ``contexts`` / ``retrieved_ids`` (faithfulness, recall@k, MRR; set by ``_derive_retrieval_metrics``)."""
+    return {**((rec.get("extra") or {}).get("metrics") or {}), **(rec.get("_derived") or {})}
+
+
+def _derive_retrieval_metrics(records: list[dict[str, Any]]) -> None:
+    """Bridge until the metric registry lands: faithfulness from ``contexts``, recall@k / MRR from
+    ``retrieved_ids`` + ``context_ids`` (k = the strategy's ``top_k``), stored under ``_derived``."""
+    from harness.scoring.retrieval_metrics import retrieval_metrics
+
+    grounded = [r for r in records if r.get("contexts") is not None]
+    if grounded:
+        scores = load_metric("faithfulness").compute(
+            predictions=[r["prediction"] for r in grounded], contexts=[r["contexts"] for r in grounded]
+        )["scores"]
+        for r, s in zip(grounded, scores, strict=True):
+            r.setdefault("_derived", {})["faithfulness"] = s
+    for r in records:
+        if r.get("retrieved_ids") is not None:
+            k = int((r.get("extra") or {}).get("top_k") or len(r["retrieved_ids"]))
+            r.setdefault("_derived", {}).update(retrieval_metrics(r["retrieved_ids"], r["context_ids"], k))
+
+
 def strategy_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     """Mean of numeric per-example values a strategy reported in ``extra["metrics"]``
     (e.g. retrieval recall@k, faithfulness); missing values are skipped, not counted as zero."""
     values: dict[str, list[float]] = {}
     for rec in records:
-        for key, value in ((rec.get("extra") or {}).get("metrics") or {}).items():
+        for key, value in _reported_metrics(rec).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values.setdefault(key, []).append(float(value))
     return {k: float(np.mean(v)) for k, v in sorted(values.items())}
@@ -144,7 +168,8 @@ def score_strategy(
     faithfulness) and the coherence diagnostics, so the report can recompute every statistic from
     the run folder alone. A metric that does not apply to an example (style adherence outside the
     style tag) is ``None`` there and is left out of means."""
-    records = sorted(records, key=lambda r: r["example_id"])
+    records = sorted((dict(r) for r in records), key=lambda r: r["example_id"])
+    _derive_retrieval_metrics(records)
     per: dict[str, list[Any]] = dict(
         per_example_scores(metrics, [r["prediction"] for r in records], [r["reference"] for r in records])
     )
@@ -170,7 +195,7 @@ def score_strategy(
     per_example: dict[str, dict[str, Any]] = {}
     for i, r in enumerate(records):
         row: dict[str, Any] = {m: per[m][i] for m in names}
-        for key, value in ((r.get("extra") or {}).get("metrics") or {}).items():
+        for key, value in _reported_metrics(r).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in row:
                 row[key] = float(value)
         for key, values in diagnostics.items():
