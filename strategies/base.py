@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from harness.config import RunConfig
+from harness.config import GenerationConfig, RunConfig
 from harness.data import EvalSet
 from harness.generation import BatchGeneration, GenerationBackend, Prompt
 
@@ -32,6 +32,11 @@ class RunContext:
     seed: int
     loaded_model: Any = None  # harness.models.LoadedModel for backends that own one
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("adaptbench"))
+
+    @property
+    def generation(self) -> GenerationConfig:
+        """Generation settings (max_new_tokens, batch size, ...): the only part of the config strategies use."""
+        return self.config.generation
 
 
 @dataclass
@@ -78,9 +83,7 @@ class Strategy:
     def predict(self, batch: list[dict[str, Any]]) -> list[Answer]:
         assert self.ctx is not None, "prepare() must run before predict()"
         built = [self.build_prompt(ex) for ex in batch]
-        result = self.ctx.backend.generate(
-            [p for p, _ in built], self.ctx.config.generation, adapter=self.adapter
-        )
+        result = self.ctx.backend.generate([p for p, _ in built], self.ctx.generation, adapter=self.adapter)
         return answers_from(result, [extra for _, extra in built])
 
 

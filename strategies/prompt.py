@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import jinja2
 from pydantic import Field, field_validator
 
-from harness.errors import ConfigError
 from harness.generation import Prompt
 from strategies.base import Params, RunContext, Strategy
 from strategies.registry import register
+from strategies.shots import sample_shots
 from strategies.templates import load_template
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -47,18 +46,10 @@ class PromptStrategy(Strategy):
     def prepare(self, ctx: RunContext) -> None:
         super().prepare(ctx)
         self.template = load_template(self.params.template, "question.j2")
-        self.shots: list[dict[str, Any]] = []
-        if self.params.shots:
-            pool = ctx.eval_set.splits.get(self.params.example_split)
-            if pool is None or len(pool) < self.params.shots:
-                have = 0 if pool is None else len(pool)
-                raise ConfigError(
-                    f"strategy {self.id!r}: shots={self.params.shots} needs that many examples in split "
-                    f"{self.params.example_split!r} (it has {have})"
-                )
-            # Deterministic by seed, and the same demonstrations for every question (fair comparison).
-            idx = sorted(random.Random(ctx.seed).sample(range(len(pool)), self.params.shots))
-            self.shots = [pool[i] for i in idx]
+        # Deterministic by seed, and the same demonstrations for every question (fair comparison).
+        self.shots = sample_shots(
+            ctx.eval_set, self.params.example_split, self.params.shots, ctx.seed, self.id
+        )
         self.cost["notes"] = [f"{self.params.shots}-shot prompt"]
 
     def user_message(self, example: dict[str, Any]) -> str:

@@ -3,18 +3,18 @@
 The index (sentence-transformers embeddings + faiss) is built once per knowledge base and cached
 under ``<cache>/indexes/<hash>``; the eval set's ``kb_updates/`` overlay is applied incrementally, so
 RAG answers from the updated facts without any retraining (the ``updated`` tag measures this).
-See ``strategies/retrieval.py`` for the reusable pieces and ``docs/rag.md`` for the behaviour.
+Each answer carries the chunk texts it was given (``contexts``) and the documents retrieved for it
+(``retrieved_ids``); the harness scores faithfulness and recall@k / MRR from those, not this strategy.
+See ``strategies/retrieval/`` for the reusable pieces and ``docs/rag.md`` for the behaviour.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import jinja2
 from pydantic import Field, field_validator
 
-from harness.errors import ConfigError
 from harness.generation import Prompt
 from strategies.base import Answer, RunContext, Strategy, answers_from
 from strategies.registry import register
@@ -27,6 +27,7 @@ from strategies.retrieval import (
     render_rag_user,
     source_chunk_id,
 )
+from strategies.shots import sample_shots
 from strategies.templates import load_template
 
 DEFAULT_RAG_SYSTEM_PROMPT = (
@@ -126,32 +127,30 @@ class RagStrategy(Strategy):
         then the reference answer). Drawn deterministically by seed from ``example_split`` among the
         examples whose top-ranked chunk comes from one of their gold documents (so the demonstrations
         show answering from a relevant context); all examples qualify when none has ``context_ids``."""
-        if not self.params.shots:
+        hits_by_id: dict[str, list[RetrievedChunk]] = {}
+
+        def grounded(rows: list[dict[str, Any]]) -> list[int]:
+            hits = self.retriever.search([r["question"] for r in rows])
+            hits_by_id.update((r["id"], h) for r, h in zip(rows, hits, strict=True))
+            return [
+                i
+                for i, (r, h) in enumerate(zip(rows, hits, strict=True))
+                if h and h[0].doc_id in (r["context_ids"] or [])
+            ]
+
+        shots = sample_shots(
+            ctx.eval_set, self.params.example_split, self.params.shots, ctx.seed, self.id, prefer=grounded
+        )
+        if not shots:
             return [], []
-        pool = ctx.eval_set.splits.get(self.params.example_split)
-        if pool is None or len(pool) < self.params.shots:
-            have = 0 if pool is None else len(pool)
-            raise ConfigError(
-                f"strategy {self.id!r}: shots={self.params.shots} needs that many examples in split "
-                f"{self.params.example_split!r} (it has {have})"
-            )
-        rows = list(pool)
-        hits = self.retriever.search([r["question"] for r in rows])
-        grounded = [
-            i
-            for i, (r, h) in enumerate(zip(rows, hits, strict=True))
-            if h and h[0].doc_id in (r["context_ids"] or [])
-        ]
-        candidates = grounded if len(grounded) >= self.params.shots else list(range(len(rows)))
-        chosen = sorted(random.Random(ctx.seed).sample(candidates, self.params.shots))
-        contexts = self.context_for([rows[i]["question"] for i in chosen], [hits[i] for i in chosen])
+        contexts = self.context_for([r["question"] for r in shots], [hits_by_id[r["id"]] for r in shots])
         history: Prompt = []
-        for i, context in zip(chosen, contexts, strict=True):
+        for row, context in zip(shots, contexts, strict=True):
             history.append(
-                {"role": "user", "content": render_rag_user(rows[i]["question"], context, self.template)}
+                {"role": "user", "content": render_rag_user(row["question"], context, self.template)}
             )
-            history.append({"role": "assistant", "content": rows[i]["answer"]})
-        return history, [rows[i]["id"] for i in chosen]
+            history.append({"role": "assistant", "content": row["answer"]})
+        return history, [r["id"] for r in shots]
 
     def _prompt_for(
         self, example: dict[str, Any], hits: list[RetrievedChunk], context: list[RetrievedChunk]
@@ -162,7 +161,7 @@ class RagStrategy(Strategy):
             self.params.system_prompt,
             example["question"],
             context,
-            self.ctx.config.generation.max_new_tokens,
+            self.ctx.generation.max_new_tokens,
             self.template,
             history=self.history,
         )
@@ -177,6 +176,7 @@ class RagStrategy(Strategy):
                 }
                 for c in hits
             ],
+            "top_k": self.params.top_k,  # the k of recall@k (fewer ids when min_score drops hits)
         }
         if self.params.context_sentences:
             extra["context"] = [{"id": c.chunk_id, "score": round(c.score, 4)} for c in used]
@@ -200,7 +200,7 @@ class RagStrategy(Strategy):
             for ex, hits, context in zip(batch, all_hits, contexts, strict=True)
         ]
         result = self.ctx.backend.generate(
-            [p for p, _, _ in built], self.ctx.config.generation, adapter=self.adapter
+            [p for p, _, _ in built], self.ctx.generation, adapter=self.adapter
         )
         answers = answers_from(result, [extra for _, extra, _ in built])
         for answer, hits, (_, _, used) in zip(answers, all_hits, built, strict=True):

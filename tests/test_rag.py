@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from harness.cli import main
 from harness.rundir import load_predictions
+from harness.scoring.retrieval_metrics import retrieval_metrics
 from strategies import registry
 
 
@@ -41,15 +42,26 @@ def test_rag_run_records_retrieval_cost_extras_and_metrics(write_config, tmp_pat
     battery = preds["te-1"]["extra"]
     assert [r["doc_id"] for r in battery["retrieved"]][0] == "battery" and len(battery["retrieved"]) == 2
     assert battery["retrieved"][0]["score"] >= battery["retrieved"][1]["score"]
-    assert battery["metrics"]["recall@2"] == 1.0 and battery["metrics"]["mrr"] == 1.0
-    assert 0.0 <= battery["metrics"]["faithfulness"] <= 1.0
+    # The strategy hands retrieval results to scoring instead of scoring itself.
+    assert "metrics" not in battery
+    assert preds["te-1"]["retrieved_ids"] == [r["doc_id"] for r in battery["retrieved"]]
+    assert preds["te-1"]["contexts"] and all(isinstance(t, str) for t in preds["te-1"]["contexts"])
+    assert retrieval_metrics(preds["te-1"]["retrieved_ids"], preds["te-1"]["context_ids"], 2) == {
+        "recall@2": 1.0,
+        "mrr": 1.0,
+    }
     updated = preds["te-6"]["extra"]
     assert updated["retrieved"][0]["doc_id"] == "returns"
 
     scores = json.loads((out / "scores.json").read_text())
-    sm = scores["strategies"]["rag"]["strategy_metrics"]
-    assert set(sm) == {"recall@2", "mrr", "faithfulness"} and sm["recall@2"] >= 0.9
-    assert scores["strategies"]["closed_book"]["strategy_metrics"] == {}
+    rag_rows = scores["strategies"]["rag"]["per_example"].values()
+    assert sum(r["recall_at_k"] for r in rag_rows) / len(rag_rows) >= 0.9
+    rag_scores = scores["strategies"]["rag"]["per_example"]["te-1"]
+    assert rag_scores["recall_at_k"] == 1.0 and rag_scores["mrr"] == 1.0
+    assert 0.0 <= rag_scores["faithfulness"] <= 1.0
+    # A strategy without retrieval gets no retrieval or faithfulness score (None, not 0).
+    closed = scores["strategies"]["closed_book"]["per_example"]["te-1"]
+    assert closed["recall_at_k"] is None and closed["mrr"] is None and closed["faithfulness"] is None
 
     # Second run, new folder: the index comes from the cache.
     out2 = tmp_path / "run2"
@@ -100,6 +112,7 @@ def test_rag_with_default_model_answers_updated_fact_from_kb_updates(tmp_path):
     from harness.data import load_eval_set
     from harness.generation import TransformersBackend
     from harness.models import cache_root, load_model
+    from harness.scoring import load_metric
     from strategies.base import RunContext
     from strategies.rag import RagParams, RagStrategy
 
@@ -121,4 +134,9 @@ def test_rag_with_default_model_answers_updated_fact_from_kb_updates(tmp_path):
     answers = {ex["id"]: a for ex, a in zip(examples, strategy.predict(examples), strict=True)}
     assert "540" in answers["te-1"].text
     assert "60" in answers["te-6"].text and "45" not in answers["te-6"].text
-    assert answers["te-6"].extra["metrics"]["faithfulness"] > 0.5
+    assert (
+        load_metric("faithfulness").compute(
+            predictions=[answers["te-6"].text], contexts=[answers["te-6"].contexts]
+        )["scores"][0]
+        > 0.5
+    )

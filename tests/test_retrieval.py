@@ -13,6 +13,7 @@ from harness.config import StrategySpec
 from harness.data import Document, load_eval_set
 from harness.errors import ConfigError
 from harness.scoring.embeddings import load_embedder
+from harness.scoring.retrieval_metrics import retrieval_metrics
 from harness.scoring.score import load_metric
 from strategies import registry
 from strategies.retrieval import (
@@ -22,7 +23,6 @@ from strategies.retrieval import (
     build_rag_prompt,
     cache_key,
     chunk_document,
-    retrieval_metrics,
     source_chunk_id,
     split_sentences,
 )
@@ -162,10 +162,7 @@ def test_index_type_switch_reuses_embeddings_and_agrees_with_exact(toy, tmp_path
 
 # -- recall@k / MRR -------------------------------------------------------------------------------
 def test_retrieval_metrics_on_known_lists():
-    def chunk(doc):
-        return RetrievedChunk(f"{doc}#0", doc, doc, "x", 0, 1, 0.5)
-
-    ranked = [chunk("c"), chunk("a"), chunk("d")]
+    ranked = ["c", "a", "d"]  # doc ids of the retrieved chunks, best first
     assert retrieval_metrics(ranked, ["a", "b"], 3) == {"recall@3": 0.5, "mrr": 0.5}
     assert retrieval_metrics(ranked, ["a"], 1) == {"recall@1": 0.0, "mrr": 0.0}
     assert retrieval_metrics(ranked, ["c", "d"], 3) == {"recall@3": 1.0, "mrr": 1.0}
@@ -176,7 +173,10 @@ def test_recall_at_k_on_toy_set(toy, tmp_path):
     retriever = Retriever.build(toy.current_documents(), RetrievalParams(top_k=2), tmp_path)
     rows = [ex for split in ("train", "validation", "test") for ex in toy.split(split)]
     hits = retriever.search([ex["question"] for ex in rows])
-    per = [retrieval_metrics(h, ex["context_ids"], 2) for h, ex in zip(hits, rows, strict=True)]
+    per = [
+        retrieval_metrics([c.doc_id for c in h], ex["context_ids"], 2)
+        for h, ex in zip(hits, rows, strict=True)
+    ]
     recall = float(np.mean([m["recall@2"] for m in per]))
     mrr = float(np.mean([m["mrr"] for m in per]))
     # Every single-document question finds its document first on this toy KB.
