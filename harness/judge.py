@@ -30,13 +30,15 @@ class Judge:
 
     def backend(self) -> Any:
         if self._backend is None:
-            from harness.generation import TransformersBackend
-            from harness.models import cache_root, load_model
+            from harness.backends import open_backend
+            from harness.rundir import cache_root
 
             model_cfg = ModelConfig(
-                id=self.cfg.model or self.config.model.id, device=self.config.model.device
+                id=self.cfg.model or self.config.model.id,
+                device=self.config.model.device,
+                backend=self.config.model.backend,
             )
-            self._backend = TransformersBackend(load_model(model_cfg, cache_root(self.config.cache_dir)))
+            self._backend = open_backend(model_cfg, cache_root(self.config.cache_dir))
         return self._backend
 
     def prompt(self, rec: dict[str, Any]) -> list[dict[str, str]]:
