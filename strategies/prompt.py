@@ -8,10 +8,9 @@ from typing import Any
 import jinja2
 from pydantic import Field, field_validator
 
+from harness.backends.base import Prompt
 from harness.errors import ConfigError
-from harness.generation import Prompt
-from strategies.base import Params, RunContext, Strategy
-from strategies.registry import register
+from harness.plugin import Params, PromptedStrategy, RunContext, register
 from strategies.templates import load_template
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -39,7 +38,7 @@ class PromptParams(Params):
 
 
 @register
-class PromptStrategy(Strategy):
+class PromptStrategy(PromptedStrategy):
     name = "prompt"
     Params = PromptParams
     params: PromptParams

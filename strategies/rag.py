@@ -14,10 +14,9 @@ from typing import Any
 import jinja2
 from pydantic import Field, field_validator
 
+from harness.backends.base import Prompt
 from harness.errors import ConfigError
-from harness.generation import Prompt
-from strategies.base import Answer, RunContext, Strategy, answers_from
-from strategies.registry import register
+from harness.plugin import Answer, PromptedStrategy, RunContext, answers_from, register
 from strategies.retrieval import (
     DEFAULT_RAG_TEMPLATE,
     RetrievalParams,
@@ -77,7 +76,7 @@ def faithfulness_scores(predictions: list[str], contexts: list[list[str]]) -> li
 
 
 @register
-class RagStrategy(Strategy):
+class RagStrategy(PromptedStrategy):
     name = "rag"
     Params = RagParams
     params: RagParams
@@ -170,7 +169,7 @@ class RagStrategy(Strategy):
             self.params.system_prompt,
             example["question"],
             context,
-            self.ctx.config.generation.max_new_tokens,
+            self.ctx.generation.max_new_tokens,
             self.template,
             history=self.history,
         )
@@ -209,7 +208,7 @@ class RagStrategy(Strategy):
             for ex, hits, context in zip(batch, all_hits, contexts, strict=True)
         ]
         result = self.ctx.backend.generate(
-            [p for p, _, _ in built], self.ctx.config.generation, adapter=self.adapter
+            [p for p, _, _ in built], self.ctx.generation, adapter=self.adapter
         )
         answers = answers_from(result, [extra for _, extra, _ in built])
         if self.params.faithfulness:

@@ -59,14 +59,14 @@ from pydantic import Field, field_validator, model_validator
 from harness.data import Document
 from harness.embeddings import DEFAULT_EMBEDDING_MODEL, load_embedder
 from harness.errors import ConfigError
-from strategies.base import Params
+from harness.plugin import Params
 from strategies.templates import load_template
 
 if TYPE_CHECKING:
     import jinja2
 
-    from harness.generation import GenerationBackend, Prompt
-    from strategies.base import RunContext
+    from harness.backends.base import GenerationBackend, Prompt
+    from harness.plugin import RunContext
 
 log = logging.getLogger("adaptbench.retrieval")
 
