@@ -10,7 +10,7 @@ from harness.analysis import analyze
 from harness.config import DecisionConfig, load_config
 from harness.decision import Constraint, Engine, decide, parse_constraint, utility
 from harness.errors import ConfigError
-from tests.synthetic_run import write_synthetic_run
+from tests.support.synthetic_run import write_synthetic_run
 
 B = 400
 
