@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.backends.hf import TransformersBackend
+from harness.backends.loading import cache_root, load_model
 from harness.config import GenerationConfig, ModelConfig
 from harness.data import load_eval_set
-from harness.generation import TransformersBackend
-from harness.models import cache_root, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from harness.decision import decide  # noqa: E402
 from harness.decision.analysis import analyze  # noqa: E402
 from harness.decision.stats import holm, holm_fast  # noqa: E402
 from harness.report import write_report  # noqa: E402
-from tests.synthetic_run import write_synthetic_run  # noqa: E402
+from tests.support.synthetic_run import write_synthetic_run  # noqa: E402
 
 
 def timed(fn, repeat: int = 1) -> float:

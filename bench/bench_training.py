@@ -41,7 +41,7 @@ def model_config(args):
     from harness.config import ModelConfig
 
     if args.model == "tiny":
-        from harness.tiny_model import build_tiny_model
+        from tests.support.tiny_model import build_tiny_model
 
         folder = Path(tempfile.gettempdir()) / "adaptbench-bench-tiny"
         if not (folder / "config.json").is_file():
@@ -52,8 +52,8 @@ def model_config(args):
 
 def training_rows(loaded, n: int, max_len: int):
     """The demo train split as (prompt, answer) chat examples, tokenised exactly as the qlora strategy does."""
+    from harness.backends.hf import TransformersBackend
     from harness.data import load_eval_set
-    from harness.generation import TransformersBackend
     from strategies.training import TrainData, encode_example
 
     backend = TransformersBackend(loaded)
@@ -75,7 +75,7 @@ def worker(arm: str, args) -> dict:
     import torch
     from transformers import set_seed
 
-    from harness.models import cache_root, load_model, resolve_device
+    from harness.backends.loading import cache_root, load_model, resolve_device
     from strategies.training import PeakMemory, TrainParams, build_trainer, prepare_for_training, step_timer
 
     device = resolve_device(args.device)

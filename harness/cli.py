@@ -258,10 +258,10 @@ def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...])
 @main.command("strategies")
 def list_strategies() -> None:
     """List the registered strategies."""
-    from strategies import registry
+    from harness import plugin
 
-    for name in registry.available():
-        cls = registry.get(name)
+    for name in plugin.available():
+        cls = plugin.get(name)
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         click.echo(f"{name:<14} {doc}")
 

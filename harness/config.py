@@ -32,6 +32,9 @@ class StrictModel(BaseModel):
 
 
 class ModelConfig(StrictModel):
+    backend: str = Field(
+        "transformers", min_length=1, description="registered backend name (see harness.backends)"
+    )
     id: str = Field(DEFAULT_MODEL, description="built-in alias, Hugging Face model id or local path")
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

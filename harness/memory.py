@@ -1,4 +1,7 @@
-"""Per-strategy peak memory: sample this process's resident set size while one strategy runs.
+"""Peak memory of a block of work (a strategy's prepare + predict, a training run).
+
+``PeakMemory(device)`` reports CUDA max-allocated bytes on CUDA and sampled RSS otherwise; ``RssSampler``
+is its RSS part. Per-strategy peak memory: sample this process's resident set size while one strategy runs.
 
 ``ru_maxrss`` is the peak over the whole process lifetime, so in a run with several strategies every
 strategy after the hungriest one would inherit its peak. A background thread sampling RSS every
@@ -8,6 +11,8 @@ samples can be missed; the base model, loaded once and shared, is included).
 
 from __future__ import annotations
 
+import resource
+import sys
 import threading
 
 import psutil
@@ -45,6 +50,67 @@ class RssSampler:
         return self.peak
 
     def __enter__(self) -> RssSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def process_peak_rss_bytes() -> int:
+    """Peak resident set size over the whole process lifetime (``ru_maxrss``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return torch.cuda.is_available()
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA max-allocated bytes on CUDA, else the sampled process RSS.
+
+    ``PeakMemory(device)`` with ``device`` "cuda", "cpu" or "auto" (CUDA when available). Use as a context
+    manager or ``start()`` / ``stop() -> peak``. RSS is sampled in both cases (``rss_peak``); ``cuda_peak``
+    is ``None`` off CUDA; ``peak`` is the figure of ``kind`` ("cuda_max_allocated" or "process_rss").
+    """
+
+    def __init__(self, device: str = "auto", interval: float = 0.02):
+        self.device = ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
+        self.start_rss = 0
+        self.rss_peak = 0
+        self.cuda_peak: int | None = None
+        self.peak = 0
+        self._rss = RssSampler(interval)
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.device == "cuda" else "process_rss"
+
+    def start(self) -> PeakMemory:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._rss.start()
+        self.start_rss = self._rss.peak
+        return self
+
+    def stop(self) -> int:
+        self.rss_peak = self._rss.stop()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            self.cuda_peak = int(torch.cuda.max_memory_allocated())
+        self.peak = self.cuda_peak if self.cuda_peak is not None else self.rss_peak
+        return self.peak
+
+    def __enter__(self) -> PeakMemory:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root(configured: Path | None = None) -> Path:
+    """User cache for dequantised models, indexes and adapters (``$ADAPTBENCH_CACHE`` overrides)."""
+    root = configured or Path(os.environ.get("ADAPTBENCH_CACHE", Path.home() / ".cache" / "adaptbench"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via temp file + rename so readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Orchestrates a run: config -> data -> model -> strategies -> predictions -> scores -> report.
+"""Orchestrates a run: config -> data -> strategies -> backend -> predictions -> scores -> report.
 
 Predictions are appended per batch, every other file is written atomically, and re-running into
 an existing run folder resumes: finished (strategy, example) pairs are never recomputed.
@@ -7,8 +7,6 @@ an existing run folder resumes: finished (strategy, example) pairs are never rec
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,20 +14,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 import transformers
 from tqdm.auto import tqdm
 
+from harness import plugin
+from harness.backends import get_backend, open_backend
+from harness.backends.base import GenerationBackend, LogLikelihood, require
 from harness.config import RunConfig, dump_config
 from harness.data import EvalSet, load_eval_set
 from harness.errors import ConfigError
-from harness.generation import TransformersBackend
 from harness.manifest import hardware, now_iso, package_versions
-from harness.memory import RssSampler
-from harness.models import cache_root, load_model
-from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, read_json
-from strategies import registry
-from strategies.base import RunContext, Strategy
+from harness.memory import PeakMemory, process_peak_rss_bytes
+from harness.plugin import Answer, RunContext, Strategy
+from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, cache_root, read_json
 
 log = logging.getLogger("adaptbench")
 
@@ -58,12 +55,14 @@ def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def build_strategies(config: RunConfig, source: str) -> list[Strategy]:
-    return [registry.build(spec, i, source) for i, spec in enumerate(config.strategies)]
+    return [plugin.build(spec, i, source) for i, spec in enumerate(config.strategies)]
 
 
 def _fingerprint(config: RunConfig) -> dict[str, Any]:
     """What must match for predictions in an existing run folder to be reused."""
     data = config.model_dump(mode="json")
+    if data["model"].get("backend") == "transformers":  # the default: folders from before the key resume
+        del data["model"]["backend"]
     return {
         "model": data["model"],
         "eval_set": {"path": data["eval_set"]["path"], "split": data["eval_set"]["split"]},
@@ -95,13 +94,11 @@ def check_resumable(run_dir: Path, config: RunConfig, eval_set: EvalSet) -> dict
     return old
 
 
-def _peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def prediction_record(strategy: Strategy, example: dict[str, Any], answer: Any) -> dict[str, Any]:
-    return {
+def prediction_record(
+    strategy: Strategy, example: dict[str, Any], answer: Answer, batch_seconds: float, batch_size: int
+) -> dict[str, Any]:
+    """One line of predictions.jsonl; ``latency_s`` is the example's share of its ``predict`` call."""
+    rec: dict[str, Any] = {
         "strategy": strategy.id,
         "strategy_name": strategy.name,
         "example_id": example["id"],
@@ -109,20 +106,36 @@ def prediction_record(strategy: Strategy, example: dict[str, Any], answer: Any) 
         "reference": example["answer"],
         "tags": list(example.get("tags") or []),
         "prediction": answer.text,
-        "latency_s": answer.latency_s,
-        "batch_seconds": answer.batch_seconds,
-        "batch_size": answer.batch_size,
+        "latency_s": batch_seconds / batch_size,
+        "batch_seconds": batch_seconds,
+        "batch_size": batch_size,
         "new_tokens": answer.new_tokens,
         "prompt_tokens": answer.prompt_tokens,
         "prompt_truncated": answer.prompt_truncated,
-        **({"contexts": answer.contexts} if getattr(answer, "contexts", None) is not None else {}),
-        **(
-            {"retrieved_ids": answer.retrieved_ids, "context_ids": list(example.get("context_ids") or [])}
-            if getattr(answer, "retrieved_ids", None) is not None
-            else {}
-        ),
-        **({"extra": answer.extra} if answer.extra else {}),
     }
+    if answer.generation_seconds is not None:
+        rec["generation_seconds"] = answer.generation_seconds
+    if answer.contexts is not None:
+        rec["contexts"] = list(answer.contexts)
+    if answer.retrieved_ids is not None:
+        rec["retrieved_ids"] = list(answer.retrieved_ids)
+    if example.get("context_ids") is not None:
+        rec["context_ids"] = list(example["context_ids"])
+    if answer.extra:
+        rec["extra"] = answer.extra
+    return rec
+
+
+def predict_timed(strategy: Strategy, batch: list[dict[str, Any]]) -> tuple[list[Answer], float]:
+    """Run ``strategy.predict(batch)``; return its answers and the call's wall time in seconds."""
+    start = time.perf_counter()
+    answers = strategy.predict(batch)
+    seconds = time.perf_counter() - start
+    if len(answers) != len(batch):
+        raise RuntimeError(
+            f"strategy {strategy.id!r}: predict returned {len(answers)} answers for {len(batch)}"
+        )
+    return answers, seconds
 
 
 def use_adapters(config: RunConfig, adapters: list[str]) -> RunConfig:
@@ -131,7 +144,7 @@ def use_adapters(config: RunConfig, adapters: list[str]) -> RunConfig:
     Sets the ``adapter_path`` param of strategies whose params have one, so they skip training; the
     path joins the strategy's fingerprint like any other param.
     """
-    capable = [s for s in config.strategies if "adapter_path" in registry.get(s.name).Params.model_fields]
+    capable = [s for s in config.strategies if "adapter_path" in plugin.get(s.name).Params.model_fields]
     for item in adapters:
         sid, sep, path = item.partition("=")
         if not sep:
@@ -150,18 +163,17 @@ def use_adapters(config: RunConfig, adapters: list[str]) -> RunConfig:
 
 
 def open_context(config: RunConfig, eval_set: EvalSet, run_dir: Path) -> RunContext:
-    """Seed, load the base model once and wrap it in the context every strategy shares."""
+    """Seed, open the configured backend once (one base model) and the context every strategy shares."""
     transformers.set_seed(config.seed)
     cache = cache_root(config.cache_dir)
-    loaded = load_model(config.model, cache)
+    backend = open_backend(config.model, cache)
     return RunContext(
-        config=config,
         eval_set=eval_set,
-        backend=TransformersBackend(loaded),
-        run_dir=run_dir,
-        cache_dir=cache,
+        backend=backend,
+        generation=config.generation,
         seed=config.seed,
-        loaded_model=loaded,
+        cache_dir=cache,
+        run_dir=run_dir,
     )
 
 
@@ -197,6 +209,7 @@ def run(
     eval_set = load_eval_set(config.eval_set.path)
     examples = select_examples(eval_set, config)
     strategies = build_strategies(config, source)  # validate params before the slow model load
+    get_backend(config.model.backend)  # and the backend name
 
     run_dir = run_dir or (config.output_dir / make_run_id(config, config_path))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +240,10 @@ def run(
     atomic_write_json(run_dir / "manifest.json", manifest)
 
     ctx = open_context(config, eval_set, run_dir)
-    manifest["model"] = ctx.loaded_model.to_manifest()
     backend = ctx.backend
+    manifest["model"] = backend.describe()
+    if "coherence" in config.metrics:  # fail before generating, not after
+        require(backend, LogLikelihood, "the coherence metric (answer perplexity)")
     preds = PredictionLog(run_dir / "predictions.jsonl")
 
     for strategy in strategies:
@@ -237,10 +252,8 @@ def run(
         if not todo and entry.get("status") == "done":
             log.info("%s: all %d examples already in %s", strategy.id, len(examples), run_dir.name)
             continue
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        rss = RssSampler().start()
+        mem = PeakMemory("auto").start()
         strategy.prepare(ctx)
         prepare_seconds = time.perf_counter() - start
         bar = tqdm(
@@ -251,18 +264,22 @@ def run(
             disable=not progress,
         )
         for batch in batches(todo, config.generation.batch_size):
-            answers = strategy.predict(batch)
-            preds.append(prediction_record(strategy, ex, ans) for ex, ans in zip(batch, answers, strict=True))
+            answers, seconds = predict_timed(strategy, batch)
+            preds.append(
+                prediction_record(strategy, ex, ans, seconds, len(batch))
+                for ex, ans in zip(batch, answers, strict=True)
+            )
             bar.update(len(batch))
         bar.close()
+        mem.stop()
         cost = {
             "prepare_seconds": round(prepare_seconds, 3),
-            "peak_rss_bytes": rss.stop(),  # this strategy's prepare + predict window
-            "process_peak_rss_bytes": _peak_rss_bytes(),
+            "peak_rss_bytes": mem.rss_peak,  # this strategy's prepare + predict window
+            "process_peak_rss_bytes": process_peak_rss_bytes(),
             **strategy.cost,
         }
-        if torch.cuda.is_available():
-            cost["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+        if mem.cuda_peak is not None:
+            cost["peak_cuda_bytes"] = mem.cuda_peak
         manifest["strategies"][strategy.id] = {"name": strategy.name, "status": "done", "cost": cost}
         atomic_write_json(run_dir / "manifest.json", manifest)
         if on_strategy_done:
@@ -281,7 +298,7 @@ def compute_scores(
     config: RunConfig,
     manifest: dict[str, Any],
     order: list[str],
-    backend: TransformersBackend | None = None,
+    backend: GenerationBackend | None = None,
 ) -> dict[str, Any]:
     """Score the run's predictions with the configured metrics and write ``scores.json``."""
     from harness.scoring.score import score_run

@@ -7,9 +7,8 @@ from typing import Any
 import jinja2
 from pydantic import Field, field_validator
 
-from harness.generation import Prompt
-from strategies.base import Params, RunContext, Strategy
-from strategies.registry import register
+from harness.backends.base import Prompt
+from harness.plugin import Params, PromptedStrategy, RunContext, register
 from strategies.shots import sample_shots
 from strategies.templates import load_template
 
@@ -38,7 +37,7 @@ class PromptParams(Params):
 
 
 @register
-class PromptStrategy(Strategy):
+class PromptStrategy(PromptedStrategy):
     name = "prompt"
     Params = PromptParams
     params: PromptParams

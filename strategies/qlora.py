@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.generation import Prompt
-from strategies.base import RunContext
+from harness.backends.base import Prompt
+from harness.plugin import RunContext, register
 from strategies.prompt import PromptParams, PromptStrategy
-from strategies.registry import register
 from strategies.training import AdapterMixin, AdapterParams, TrainParams
 
 

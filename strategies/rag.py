@@ -15,9 +15,8 @@ from typing import Any
 import jinja2
 from pydantic import Field, field_validator
 
-from harness.generation import Prompt
-from strategies.base import Answer, RunContext, Strategy, answers_from
-from strategies.registry import register
+from harness.backends.base import Prompt
+from harness.plugin import Answer, PromptedStrategy, RunContext, answers_from, register
 from strategies.retrieval import (
     DEFAULT_RAG_TEMPLATE,
     RetrievalParams,
@@ -70,7 +69,7 @@ class RagParams(RetrievalParams):
 
 
 @register
-class RagStrategy(Strategy):
+class RagStrategy(PromptedStrategy):
     name = "rag"
     Params = RagParams
     params: RagParams

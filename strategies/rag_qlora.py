@@ -15,10 +15,9 @@ from typing import Any
 
 from pydantic import Field
 
-from harness.generation import Prompt
-from strategies.base import RunContext
+from harness.backends.base import Prompt
+from harness.plugin import RunContext, register
 from strategies.rag import RagParams, RagStrategy
-from strategies.registry import register
 from strategies.retrieval import RetrievedChunk, Retriever, build_rag_prompt
 from strategies.training import AdapterMixin, AdapterParams, TrainParams
 
@@ -99,7 +98,7 @@ class RagQLoRAStrategy(AdapterMixin, RagStrategy):
                 self.params.system_prompt,
                 row["question"],
                 chunks,
-                self.ctx.config.generation.max_new_tokens,
+                self.ctx.generation.max_new_tokens,
                 self.template,
             )
             out.append((prompt, row["answer"]))

@@ -34,11 +34,12 @@ import psutil
 import torch
 from pydantic import Field, field_validator
 
+from harness.backends.base import AdapterHost, Prompt, TrainableBase, require
+from harness.backends.likelihood import rows_from_masks, token_mean_nll
 from harness.data import Document
 from harness.errors import ConfigError, DataError, ModelError
-from harness.generation import Prompt
+from harness.plugin import Params, RunContext
 from harness.rundir import atomic_write_json, read_json
-from strategies.base import Params, RunContext
 
 log = logging.getLogger("adaptbench.training")
 
@@ -242,31 +243,15 @@ def build_data(ctx: RunContext, params: TrainParams, prompts: PromptBuilder) -> 
 
 
 def _tokenizer(ctx: RunContext) -> Any:
-    loaded = ctx.loaded_model
-    if loaded is None or not hasattr(loaded, "tokenizer"):
-        raise ModelError("adapter strategies need the transformers backend (a locally loaded model)")
-    return loaded.tokenizer
+    return require(ctx.backend, TrainableBase, "adapter strategies").tokenizer
 
 
 # -- cache ---------------------------------------------------------------------------------------
 
 
 def base_fingerprint(ctx: RunContext) -> dict[str, Any]:
-    """Identity of the base weights the adapter is trained on (id, revision, and local file sizes)."""
-    cfg = ctx.config.model
-    info = ctx.loaded_model.info
-    fp: dict[str, Any] = {"id": cfg.id, "revision": info.revision, "parameters": info.parameters}
-    from harness.models import resolve_source
-
-    source, _ = resolve_source(cfg, ctx.cache_dir)
-    path = Path(source)
-    if path.is_dir():
-        cfg_file = path / "config.json"
-        fp["config_sha256"] = (
-            hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.is_file() else None
-        )
-        fp["weights"] = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
-    return fp
+    """Identity of the base weights the adapter is trained on (the backend's ``base_fingerprint``)."""
+    return require(ctx.backend, TrainableBase, "adapter strategies").base_fingerprint()
 
 
 def cache_key(ctx: RunContext, params: TrainParams, data: TrainData, key_extra: Any = None) -> str:
@@ -276,7 +261,7 @@ def cache_key(ctx: RunContext, params: TrainParams, data: TrainData, key_extra: 
         "train": params.model_dump(mode="json", include=set(TRAIN_KEYS) - {"cache"}),
         "data": data.digest,
         "seed": ctx.seed,
-        "device": ctx.loaded_model.info.device,
+        "device": ctx.backend.device,
         "extra": key_extra,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
@@ -341,9 +326,7 @@ class PeakMemory:
 
 def _load_4bit(ctx: RunContext):
     """Fresh 4-bit NF4 (double-quant) copy of the base for training; raises if bitsandbytes can't."""
-    from harness.models import load_model
-
-    loaded = load_model(ctx.config.model, ctx.cache_dir, quantization="4bit")
+    loaded = ctx.backend.training_copy("4bit")
     if not getattr(loaded.model, "is_loaded_in_4bit", False):
         raise RuntimeError("bitsandbytes did not quantise the model to 4-bit")
     return loaded
@@ -379,9 +362,7 @@ def prepare_for_training(model: Any, quantization: str, params: TrainParams) -> 
 
 
 def _load_full(ctx: RunContext):
-    from harness.models import load_model
-
-    return load_model(ctx.config.model, ctx.cache_dir, quantization="none")
+    return require(ctx.backend, TrainableBase, "adapter strategies").training_copy("none")
 
 
 def load_training_base(ctx: RunContext, params: TrainParams) -> tuple[Any, str, str | None]:
@@ -395,9 +376,7 @@ def load_training_base(ctx: RunContext, params: TrainParams) -> tuple[Any, str, 
             return _load_4bit(ctx), "4bit", None
         except Exception as exc:  # noqa: BLE001 - any bitsandbytes/backend failure means "no 4-bit here"
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            reason = (
-                f"4-bit NF4 load failed on {ctx.loaded_model.info.device} ({type(exc).__name__}: {first})"
-            )
+            reason = f"4-bit NF4 load failed on {ctx.backend.device} ({type(exc).__name__}: {first})"
             log.warning("%s; falling back to LoRA on the full-precision base", reason)
             gc.collect()
             return _load_full(ctx), "none", reason
@@ -559,40 +538,9 @@ def loss_curve(history: list[dict[str, Any]], val_loss_base: float) -> dict[str,
     return {"train": train, "validation": [{"step": 0, "loss": round(val_loss_base, 5)}, *val]}
 
 
-def pad_batch(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (-100 outside the completion)."""
-    n = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for j, r in enumerate(rows):
-        k = len(r["input_ids"])
-        ids[j, :k] = torch.tensor(r["input_ids"])
-        mask[j, :k] = 1
-        labels[j, :k] = torch.tensor(
-            [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"], strict=True)]
-        )
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-@torch.no_grad()
 def completion_loss(model: Any, rows: list[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> float:
     """Token-weighted cross-entropy on completion tokens (the same rows the trainer validates on)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in range(0, len(rows), batch_size):
-        batch = pad_batch(rows[i : i + batch_size], pad_id)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = batch["labels"][:, 1:].to(device)
-        total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
-        ).item()
-        count += int((target != -100).sum())
-    model.train(was_training)
-    return total / max(1, count)
+    return token_mean_nll(model, rows_from_masks(rows), pad_id, batch_size)
 
 
 def train_adapter(
@@ -612,7 +560,7 @@ def train_adapter(
         log.info("%s: adapter cache hit %s", label, target)
         return TrainResult(target, read_json(target / RECORD_FILE), True, data)
 
-    device = ctx.loaded_model.info.device
+    device = ctx.backend.device
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
@@ -647,7 +595,7 @@ def train_adapter(
             "format": CACHE_FORMAT,
             "key": key,
             "label": label,
-            "base_model": {**base_fingerprint(ctx), "source": ctx.loaded_model.info.source},
+            "base_model": {**base_fingerprint(ctx), "source": ctx.backend.describe().get("source")},
             "device": device,
             "quantization_requested": params.quantization,
             "quantization": quant,
@@ -735,7 +683,7 @@ def _free(device: str) -> None:
 
 def check_adapter(ctx: RunContext, path: Path) -> dict[str, Any]:
     """Validate an adapter directory against the run's base; return its training record (or {})."""
-    from harness.models import BUILTIN_MODELS, resolve_source
+    from harness.backends.loading import BUILTIN_MODELS, resolve_source
 
     where = f"adapter {path}"
     try:
@@ -743,7 +691,8 @@ def check_adapter(ctx: RunContext, path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{where}: unreadable {ADAPTER_CONFIG} ({exc})") from None
     record = read_json(path / RECORD_FILE) if (path / RECORD_FILE).is_file() else {}
-    model_id = ctx.config.model.id
+    model_cfg = ctx.backend.model_cfg  # adapters are a transformers-backend feature
+    model_id = model_cfg.id
     if record:
         trained_for = record.get("base_model", {}).get("id")
         if trained_for and trained_for != model_id:
@@ -754,7 +703,7 @@ def check_adapter(ctx: RunContext, path: Path) -> dict[str, Any]:
         return record
     base = peft_cfg.get("base_model_name_or_path")
     if base:
-        source, _ = resolve_source(ctx.config.model, ctx.cache_dir)
+        source, _ = resolve_source(model_cfg, ctx.cache_dir)
         accepted = {model_id, source, str(Path(source).resolve())}
         builtin = BUILTIN_MODELS.get(model_id, "")
         accepted.add(builtin.split(" ")[0])
@@ -823,12 +772,12 @@ class AdapterMixin:
         except (RuntimeError, ValueError, KeyError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ModelError(
-                f"adapter {result.adapter_dir}: does not fit this run's base model {ctx.config.model.id!r} ({first})"
+                f"adapter {result.adapter_dir}: does not fit this run's base model {ctx.backend.describe().get('id')!r} ({first})"
             ) from None
         self.adapter = name
-        info = ctx.loaded_model.info
+        info = ctx.backend.describe()
         served = result.record.get("inference_base") or {}
-        if (served.get("dtype"), served.get("quantization")) != (info.dtype, info.quantization):
+        if (served.get("dtype"), served.get("quantization")) != (info.get("dtype"), info.get("quantization")):
             data = result.data or build_data(ctx, params, self.training_prompts)
             result.record = {
                 **result.record,
@@ -839,15 +788,15 @@ class AdapterMixin:
         self.write_training_record(ctx, result, source=self.training_record["source"])
         notes = self.cost.setdefault("notes", [])
         rec = result.record
-        if rec.get("quantization") == "4bit" and info.quantization != "4bit":
+        if rec.get("quantization") == "4bit" and info.get("quantization") != "4bit":
             notes.append(
-                f"LoRA trained on the 4-bit NF4 base, served on the {info.dtype} base (standard QLoRA deployment)"
+                f"LoRA trained on the 4-bit NF4 base, served on the {info.get('dtype')} base (standard QLoRA deployment)"
             )
         if rec.get("fallback_reason"):
             notes.append(f"4-bit unavailable, trained full-precision LoRA: {rec['fallback_reason']}")
         if params.merge:
-            if info.quantization != "none":
-                msg = f"merge ignored: the inference base is {info.quantization}-quantised"
+            if info.get("quantization") != "none":
+                msg = f"merge ignored: the inference base is {info.get('quantization')}-quantised"
                 log.warning("%s: %s", self.id, msg)
                 notes.append(msg)
             else:
@@ -892,16 +841,13 @@ def inference_val_loss(ctx: RunContext, name: str, rows: list[dict[str, list[int
 
     The adapter may have been trained on a 4-bit copy; this shows it still helps the base it is served on.
     """
-    model = ctx.backend.model
-    pad = _tokenizer(ctx).pad_token_id
-    with model.disable_adapter():
-        base = completion_loss(model, rows, pad)
-    model.set_adapter(name)
-    adapted = completion_loss(model, rows, pad)
-    info = ctx.loaded_model.info
+    host = require(ctx.backend, AdapterHost, "adapter strategies")
+    base = host.adapter_nll(None, rows)
+    adapted = host.adapter_nll(name, rows)
+    info = ctx.backend.describe()
     return {
-        "dtype": info.dtype,
-        "quantization": info.quantization,
+        "dtype": info.get("dtype"),
+        "quantization": info.get("quantization"),
         "val_loss_base": round(base, 5),
         "val_loss_adapter": round(adapted, 5),
     }

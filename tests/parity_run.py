@@ -29,11 +29,7 @@ def run_parity(tmp: Path, model_dir: Path | None = None) -> dict[str, Any]:
     from click.testing import CliRunner
 
     from harness.cli import main
-
-    try:
-        from tests.support.tiny_model import build_tiny_model
-    except ImportError:  # layout before the architecture refactor
-        from harness.tiny_model import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     model_dir = model_dir or build_tiny_model(tmp / "tiny-model", corpus=_corpus())
     config = {
@@ -89,7 +85,8 @@ def scripted_text(prompt: list[dict[str, str]]) -> str:
 def scripted_answers():
     """Replace the model's decoding (not prompting, retrieval or scoring) by scripted answers: a random
     tiny model answers nothing useful, and the metrics must see realistic text."""
-    from harness.generation import Generation, TransformersBackend
+    from harness.backends.base import Generation
+    from harness.backends.hf import TransformersBackend
 
     real = TransformersBackend.generate
 

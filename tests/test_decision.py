@@ -11,7 +11,7 @@ from harness.decision import Constraint, Engine, decide, parse_constraint, utili
 from harness.decision.analysis import analyze
 from harness.decision.sensitivity import sensitivity
 from harness.errors import ConfigError
-from tests.synthetic_run import write_synthetic_run
+from tests.support.synthetic_run import write_synthetic_run
 
 B = 400
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from harness.backends.hf import TransformersBackend
+from harness.backends.loading import cache_root, load_model
 from harness.cli import main
 from harness.config import GenerationConfig, ModelConfig
-from harness.generation import TransformersBackend
-from harness.models import cache_root, load_model
 
 from .conftest import REPO
 

@@ -6,10 +6,11 @@ import shutil
 
 import pytest
 
+from harness.backends.base import cut_at_stop
+from harness.backends.hf import TransformersBackend
+from harness.backends.loading import load_model
 from harness.config import GenerationConfig, ModelConfig
 from harness.errors import ModelError
-from harness.generation import TransformersBackend, cut_at_stop
-from harness.models import load_model
 
 PROMPTS = [
     [{"role": "user", "content": "What is the return window?"}],

@@ -9,12 +9,13 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
+from harness import plugin as registry
 from harness.cli import main
 from harness.config import load_config
 from harness.data import load_eval_set
 from harness.rundir import load_predictions
 from harness.runner import open_context, run
-from strategies import registry, training
+from strategies import training
 
 pytestmark = pytest.mark.slow
 

@@ -120,9 +120,9 @@ def test_judge_grade_parsing_and_prompt_validation():
 
 @pytest.mark.slow
 def test_answer_perplexity_under_tiny_model(tiny_model_dir):
+    from harness.backends.hf import TransformersBackend
+    from harness.backends.loading import load_model
     from harness.config import ModelConfig
-    from harness.generation import TransformersBackend
-    from harness.models import load_model
     from harness.scoring.perplexity import answer_perplexities
 
     backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tiny_model_dir))

@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from harness import plugin as registry
 from harness.cli import main
 from harness.rundir import load_predictions
 from harness.scoring.retrieval_metrics import retrieval_metrics
-from strategies import registry
 
 
 def test_rag_is_registered_with_retrieval_params():
@@ -108,12 +108,12 @@ def test_rag_with_sentence_context_and_demonstrations(write_config, tmp_path):
 @pytest.mark.slow
 def test_rag_with_default_model_answers_updated_fact_from_kb_updates(tmp_path):
     """The real SmolLM2-135M with RAG answers from the kb_updates overlay (60 days, not the old 45)."""
+    from harness.backends.hf import TransformersBackend
+    from harness.backends.loading import cache_root, load_model
     from harness.config import ModelConfig, RunConfig
     from harness.data import load_eval_set
-    from harness.generation import TransformersBackend
-    from harness.models import cache_root, load_model
+    from harness.plugin import RunContext
     from harness.scoring import load_metric
-    from strategies.base import RunContext
     from strategies.rag import RagParams, RagStrategy
 
     from .conftest import TOY_SET
@@ -127,7 +127,9 @@ def test_rag_with_default_model_answers_updated_fact_from_kb_updates(tmp_path):
         }
     )
     loaded = load_model(ModelConfig(), cache_root())  # shared cache: dequantised once per machine
-    ctx = RunContext(config, eval_set, TransformersBackend(loaded), tmp_path, tmp_path / "cache", 0, loaded)
+    ctx = RunContext(
+        eval_set, TransformersBackend(loaded), config.generation, 0, tmp_path / "cache", tmp_path
+    )
     strategy = RagStrategy("rag", RagParams(top_k=2, context_sentences=2))
     strategy.prepare(ctx)
     examples = [ex for ex in eval_set.split("test") if ex["id"] in ("te-1", "te-6")]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import Field
 
+from harness import plugin as registry
 from harness.config import load_config
 from harness.errors import ConfigError
+from harness.plugin import Answer, Params, Strategy
 from harness.runner import run
-from strategies import registry
-from strategies.base import Answer, Params, Strategy
 
 
 class EchoParams(Params):
@@ -26,9 +26,6 @@ class EchoStrategy(Strategy):
         return [
             Answer(
                 text=ex["question"] + self.params.suffix,
-                latency_s=0.0,
-                batch_seconds=0.0,
-                batch_size=len(batch),
                 new_tokens=1,
                 prompt_tokens=0,
                 extra={"metrics": {"echo": 1.0}},

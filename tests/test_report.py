@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from harness.cli import main
 from harness.report import write_report
-from tests.synthetic_run import XSS_ANSWER, XSS_QUESTION, write_synthetic_run
+from tests.support.synthetic_run import XSS_ANSWER, XSS_QUESTION, write_synthetic_run
 
 EVIL_TAG = '"><svg onload=alert(2)>'
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.report import write_report
-from tests.synthetic_run import write_synthetic_run
+from tests.support.synthetic_run import write_synthetic_run
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "reports" / "test-artifacts"

@@ -9,13 +9,13 @@ import shutil
 import numpy as np
 import pytest
 
+from harness import plugin as registry
 from harness.config import StrategySpec
 from harness.data import Document, load_eval_set
 from harness.errors import ConfigError
 from harness.scoring.embeddings import load_embedder
 from harness.scoring.retrieval_metrics import retrieval_metrics
 from harness.scoring.score import load_metric
-from strategies import registry
 from strategies.retrieval import (
     RetrievalParams,
     RetrievedChunk,
@@ -285,9 +285,9 @@ def test_context_window_trimming_shortens_a_lone_oversized_chunk_but_never_the_q
 
 
 def test_trimming_with_a_real_tokenizer_fits_the_window(tiny_model_dir, toy, tmp_path):
+    from harness.backends.hf import TransformersBackend
+    from harness.backends.loading import load_model
     from harness.config import ModelConfig
-    from harness.generation import TransformersBackend
-    from harness.models import load_model
 
     backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path))
     long_chunks = [

@@ -8,14 +8,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from harness import plugin as registry
+from harness.backends.hf import TransformersBackend
+from harness.backends.loading import load_model
 from harness.cli import main
 from harness.config import load_config
 from harness.data import Document
 from harness.errors import ConfigError, DataError
-from harness.generation import TransformersBackend
-from harness.models import load_model
 from harness.runner import use_adapters
-from strategies import registry
 from strategies.rag_qlora import raft_context
 from strategies.retrieval import RetrievedChunk
 from strategies.training import (
@@ -166,7 +166,7 @@ def test_merge_matches_unmerged_adapter_and_unmerge_restores_base(tiny_model_dir
     x = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
     def logits(adapter):
-        with torch.no_grad(), backend._adapter_context(adapter):
+        with torch.no_grad(), backend.using_adapter(adapter):
             return backend.model(input_ids=x).logits
 
     backend.load_adapter(str(tmp_path / "adapter"), "a")
@@ -205,12 +205,17 @@ def test_cli_adapter_errors_are_one_line(write_config, tmp_path):
 
 def test_validation_split_limit_and_hold_out(write_config, tmp_path):
     from harness.data import load_eval_set
-    from strategies.base import RunContext
+    from harness.plugin import RunContext
     from strategies.training import split_rows
 
     cfg = load_config(write_config(strategies=[{"name": "qlora"}]))
     ctx = RunContext(
-        cfg, load_eval_set(cfg.eval_set.path), backend=None, run_dir=tmp_path, cache_dir=tmp_path, seed=0
+        load_eval_set(cfg.eval_set.path),
+        backend=None,
+        generation=cfg.generation,
+        run_dir=tmp_path,
+        cache_dir=tmp_path,
+        seed=0,
     )
     train, val, source = split_rows(ctx, TrainParams())
     assert (len(train), len(val), source) == (6, 3, "validation")

@@ -13,10 +13,10 @@ from typing import Any
 
 import jinja2
 
+import harness.report.charts as charts
 from harness.decision.analysis import Analysis
 from harness.decision.engine import Decision, parse_constraint
 from harness.decision.measures import MEASURES, format_value, measure
-from harness.report import charts
 from harness.report.text import ci_text
 from harness.report.text import finite as _finite
 

@@ -31,15 +31,12 @@ class Judge:
 
     def backend(self) -> Any:
         if self._backend is None:
-            # Bridge until the backend registry lands: open the judge model with the HF backend.
-            from harness.generation import TransformersBackend
-            from harness.models import cache_root, load_model
+            from harness.backends import open_backend
+            from harness.rundir import cache_root
 
-            if self.cfg.model is None:
-                raise ValueError("judge_score needs the run's model or scoring.judge.model")
             device = getattr(self._run_backend, "device", "auto") or "auto"
             model_cfg = ModelConfig(id=self.cfg.model, device=device if device in ("cpu", "cuda") else "auto")
-            self._backend = TransformersBackend(load_model(model_cfg, cache_root(None)))
+            self._backend = open_backend(model_cfg, cache_root(None))
         return self._backend
 
     def prompt(self, question: str, reference: str, answer: str) -> list[dict[str, str]]:

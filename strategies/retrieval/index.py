@@ -28,7 +28,7 @@ from strategies.retrieval.chunking import Chunk, RetrievedChunk, chunk_documents
 from strategies.retrieval.params import RetrievalParams
 
 if TYPE_CHECKING:
-    from strategies.base import RunContext
+    from harness.plugin import RunContext
 
 log = logging.getLogger("adaptbench.retrieval")
 

