@@ -62,8 +62,12 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
 class TransformersBackend:
     """Generation with a loaded transformers model; optional peft adapters selected per call."""
 
-    def __init__(self, loaded: LoadedModel):
+    name = "transformers"
+
+    def __init__(self, loaded: LoadedModel, model_cfg: Any = None, cache_dir: Any = None):
         self.loaded = loaded
+        self.model_cfg = model_cfg  # ModelConfig and cache folder: needed for training copies only
+        self.cache_dir = cache_dir
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.context_window = loaded.info.context_window
@@ -80,6 +84,38 @@ class TransformersBackend:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.loaded.to_manifest(), "backend": self.name}
+
+    # -- training (TrainableBase) ----------------------------------------------------------------
+    def training_copy(self, quantization: str) -> LoadedModel:
+        """A separate, freshly loaded copy of the base (never the shared inference model)."""
+        from harness.models import load_model
+
+        if self.model_cfg is None:
+            raise RuntimeError("this backend was opened without a model config: no training copies")
+        return load_model(self.model_cfg, self.cache_dir, quantization=quantization)
+
+    def base_fingerprint(self) -> dict[str, Any]:
+        """Identity of the base weights (id, revision, parameters; local folder, config hash, file sizes)."""
+        import hashlib
+        from pathlib import Path
+
+        from harness.models import resolve_source
+
+        info = self.loaded.info
+        fp: dict[str, Any] = {"id": info.id, "revision": info.revision, "parameters": info.parameters}
+        if self.model_cfg is not None:
+            path = Path(resolve_source(self.model_cfg, self.cache_dir)[0])
+            if path.is_dir():
+                cfg_file = path / "config.json"
+                fp["path"] = str(path.resolve())
+                fp["config_sha256"] = (
+                    hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.is_file() else None
+                )
+                fp["weights"] = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
+        return fp
 
     # -- adapters ------------------------------------------------------------------------------
     def load_adapter(self, path: str, name: str) -> None:
@@ -103,6 +139,15 @@ class TransformersBackend:
         self.model.set_adapter(name)
         self.model.merge_adapter([name])
         self.merged_adapter = name
+
+    def adapter_nll(self, name: str | None, rows: list[dict[str, list[int]]], batch_size: int = 8) -> float:
+        """Token-weighted mean completion NLL of ``rows`` with adapter ``name`` active (None = base)."""
+        from harness.backends.likelihood import completion_tokens, masked_mean_nll
+
+        with self._adapter_context(name):
+            means = masked_mean_nll(self.model, rows, self.tokenizer.pad_token_id, batch_size)
+        weights = [completion_tokens(r) for r in rows]
+        return sum(m * w for m, w in zip(means, weights, strict=True) if w) / max(1, sum(weights))
 
     def _unmerge(self) -> None:
         if self.merged_adapter is not None:

@@ -152,7 +152,7 @@ def open_context(config: RunConfig, eval_set: EvalSet, run_dir: Path) -> RunCont
     return RunContext(
         config=config,
         eval_set=eval_set,
-        backend=TransformersBackend(loaded),
+        backend=TransformersBackend(loaded, config.model, cache),
         run_dir=run_dir,
         cache_dir=cache,
         seed=config.seed,

@@ -33,6 +33,10 @@ class RunContext:
     loaded_model: Any = None  # harness.models.LoadedModel for backends that own one
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("adaptbench"))
 
+    @property
+    def generation(self):  # the plan's RunContext.generation (shim until harness/plugin.py lands)
+        return self.config.generation
+
 
 @dataclass
 class Answer:

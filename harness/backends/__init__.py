@@ -1,0 +1,1 @@
+"""Generation backends (shim on arch/adapters: the real registry comes from arch/backends)."""
