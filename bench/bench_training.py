@@ -54,7 +54,7 @@ def training_rows(loaded, n: int, max_len: int):
     """The demo train split as (prompt, answer) chat examples, tokenised exactly as the qlora strategy does."""
     from harness.data import load_eval_set
     from harness.generation import TransformersBackend
-    from strategies.training import TrainData, encode_example
+    from strategies.adapters.data import TrainData, encode_example
 
     backend = TransformersBackend(loaded)
     rows = list(load_eval_set(REPO / "eval_sets" / "nimbus_support").split("train"))[:n]
@@ -75,8 +75,11 @@ def worker(arm: str, args) -> dict:
     import torch
     from transformers import set_seed
 
+    from harness.memory import PeakMemory
     from harness.models import cache_root, load_model, resolve_device
-    from strategies.training import PeakMemory, TrainParams, build_trainer, prepare_for_training, step_timer
+    from strategies.adapters.params import TrainParams
+    from strategies.adapters.quantized import prepare_for_training
+    from strategies.adapters.trainer import build_trainer, step_timer
 
     device = resolve_device(args.device)
     set_seed(0)
@@ -129,7 +132,8 @@ def baseline_trainer(loaded, params, data, device: str, out: Path):
     from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from strategies.training import lora_config, optimizer_name, pad_batch, precision_flags, progress_callback
+    from harness.backends.likelihood import pad_batch
+    from strategies.adapters.trainer import lora_config, optimizer_name, precision_flags, progress_callback
 
     model = get_peft_model(loaded.model, lora_config(params))
     pad = loaded.tokenizer.pad_token_id
