@@ -54,7 +54,7 @@ def training_rows(loaded, n: int, max_len: int):
     """The demo train split as (prompt, answer) chat examples, tokenised exactly as the qlora strategy does."""
     from harness.backends.hf import TransformersBackend
     from harness.data import load_eval_set
-    from strategies.training import TrainData, encode_example
+    from strategies.adapters.data import TrainData, encode_example
 
     backend = TransformersBackend(loaded)
     rows = list(load_eval_set(REPO / "eval_sets" / "nimbus_support").split("train"))[:n]
@@ -76,7 +76,10 @@ def worker(arm: str, args) -> dict:
     from transformers import set_seed
 
     from harness.backends.loading import cache_root, load_model, resolve_device
-    from strategies.training import PeakMemory, TrainParams, build_trainer, prepare_for_training, step_timer
+    from harness.memory import PeakMemory
+    from strategies.adapters.params import TrainParams
+    from strategies.adapters.quantized import prepare_for_training
+    from strategies.adapters.trainer import build_trainer, step_timer
 
     device = resolve_device(args.device)
     set_seed(0)
@@ -129,13 +132,14 @@ def baseline_trainer(loaded, params, data, device: str, out: Path):
     from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from strategies.training import lora_config, optimizer_name, pad_batch, precision_flags, progress_callback
+    from harness.backends.likelihood import pad_rows, rows_from_masks
+    from strategies.adapters.trainer import lora_config, optimizer_name, precision_flags, progress_callback
 
     model = get_peft_model(loaded.model, lora_config(params))
     pad = loaded.tokenizer.pad_token_id
 
     def collate(rows):
-        return pad_batch(rows, pad)
+        return pad_rows(rows_from_masks(rows), pad)
 
     targs = TrainingArguments(
         output_dir=str(out),

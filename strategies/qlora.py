@@ -6,8 +6,8 @@ from typing import Any
 
 from harness.backends.base import Prompt
 from harness.plugin import RunContext, register
+from strategies.adapters import AdapterParams, AdapterStrategy, TrainParams
 from strategies.prompt import PromptParams, PromptStrategy
-from strategies.training import AdapterMixin, AdapterParams, TrainParams
 
 
 class QLoRAParams(PromptParams, TrainParams, AdapterParams):
@@ -15,19 +15,14 @@ class QLoRAParams(PromptParams, TrainParams, AdapterParams):
 
 
 @register
-class QLoRAStrategy(AdapterMixin, PromptStrategy):
+class QLoRAStrategy(AdapterStrategy, PromptStrategy):
     name = "qlora"
     Params = QLoRAParams
     params: QLoRAParams
 
     def setup(self, ctx: RunContext) -> None:
-        if self.ctx is not ctx:
-            PromptStrategy.prepare(self, ctx)
-            self.cost["notes"] = [f"LoRA r={self.params.r} adapter; {self.params.shots}-shot prompt"]
-
-    def prepare(self, ctx: RunContext) -> None:
-        self.setup(ctx)
-        self.attach(ctx)
+        super().setup(ctx)
+        self.cost["notes"] = [f"LoRA r={self.params.r} adapter; {self.params.shots}-shot prompt"]
 
     def training_prompts(self, rows: list[dict[str, Any]], split: str) -> list[tuple[Prompt, str]]:
         return [(self.build_prompt(row)[0], row["answer"]) for row in rows]

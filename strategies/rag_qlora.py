@@ -17,9 +17,9 @@ from pydantic import Field
 
 from harness.backends.base import Prompt
 from harness.plugin import RunContext, register
+from strategies.adapters import AdapterParams, AdapterStrategy, TrainParams
 from strategies.rag import RagParams, RagStrategy
 from strategies.retrieval import RetrievedChunk, Retriever, build_rag_prompt
-from strategies.training import AdapterMixin, AdapterParams, TrainParams
 
 
 class RagQLoRAParams(RagParams, TrainParams, AdapterParams):
@@ -52,20 +52,19 @@ def raft_context(
 
 
 @register
-class RagQLoRAStrategy(AdapterMixin, RagStrategy):
+class RagQLoRAStrategy(AdapterStrategy, RagStrategy):
     name = "rag+qlora"
     Params = RagQLoRAParams
     params: RagQLoRAParams
 
     def setup(self, ctx: RunContext) -> None:
-        if self.ctx is not ctx:
-            RagStrategy.prepare(self, ctx)
-            self._train_retriever: Retriever | None = None
+        super().setup(ctx)
+        self._train_retriever: Retriever | None = None
+        self.raft_stats: dict[str, Any] = {}
 
     def prepare(self, ctx: RunContext) -> None:
-        self.setup(ctx)
-        self.attach(ctx)
-        self.cost["raft"] = getattr(self, "raft_stats", None)
+        super().prepare(ctx)
+        self.cost["raft"] = self.raft_stats or None
 
     def training_key_extra(self) -> Any:
         return {"raft": "v1"}
@@ -102,5 +101,5 @@ class RagQLoRAStrategy(AdapterMixin, RagStrategy):
                 self.template,
             )
             out.append((prompt, row["answer"]))
-        self.raft_stats = {**getattr(self, "raft_stats", {}), split: {"n": len(rows), "with_gold": n_gold}}
+        self.raft_stats[split] = {"n": len(rows), "with_gold": n_gold}
         return out

@@ -15,7 +15,7 @@ from harness.config import load_config
 from harness.data import load_eval_set
 from harness.rundir import load_predictions
 from harness.runner import open_context, run
-from strategies import training
+from strategies.adapters import attach, cache, data, quantized, trainer
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,10 @@ def test_qlora_trains_4bit_loss_decreases_and_cache_hits(write_config, tmp_path,
     strategy = registry.build(cfg.strategies[0], 0)
 
     loaded_4bit = []
-    real_load = training._load_4bit
-    monkeypatch.setattr(training, "_load_4bit", lambda c: loaded_4bit.append(real_load(c)) or loaded_4bit[-1])
+    real_load = quantized._load_4bit
+    monkeypatch.setattr(
+        quantized, "_load_4bit", lambda c: loaded_4bit.append(real_load(c)) or loaded_4bit[-1]
+    )
     result = strategy.train(ctx)
     rec = result.record
     assert not result.cache_hit
@@ -71,7 +73,7 @@ def test_qlora_trains_4bit_loss_decreases_and_cache_hits(write_config, tmp_path,
     assert run_record["source"] == "trained" and run_record["key"] == rec["key"]
 
     # Same key: cache hit, nothing is loaded or trained.
-    monkeypatch.setattr(training, "load_training_base", lambda *a: pytest.fail("retrained on a cache hit"))
+    monkeypatch.setattr(trainer, "load_training_base", lambda *a: pytest.fail("retrained on a cache hit"))
     again = registry.build(cfg.strategies[0], 0).train(ctx)
     assert again.cache_hit and again.adapter_dir == result.adapter_dir and again.record["key"] == rec["key"]
 
@@ -79,16 +81,16 @@ def test_qlora_trains_4bit_loss_decreases_and_cache_hits(write_config, tmp_path,
     changed = registry.get("qlora").Params.model_validate(
         {**cfg.strategies[0].params, "learning_rate": 0.002}
     )
-    data = training.build_data(ctx, changed, strategy.training_prompts)
-    assert training.cache_key(ctx, changed, data) != rec["key"]
-    assert training.cache_key(ctx, strategy.params, data) == rec["key"]
+    rows = data.build_data(ctx, changed, strategy.training_prompts)
+    assert cache.cache_key(ctx, changed, rows) != rec["key"]
+    assert cache.cache_key(ctx, strategy.params, rows) == rec["key"]
 
 
 def test_fallback_to_full_precision_lora_is_loud_and_recorded(write_config, tmp_path, monkeypatch, caplog):
     def no_backend(ctx):
         raise RuntimeError("no bitsandbytes backend for device 'npu'")
 
-    monkeypatch.setattr(training, "_load_4bit", no_backend)
+    monkeypatch.setattr(quantized, "_load_4bit", no_backend)
     cfg = load_config(write_config(strategies=[{"name": "qlora", "id": "qlora", **FAST}], **LIGHT))
     with caplog.at_level(logging.WARNING, logger="adaptbench.training"):
         result = run(cfg, run_dir=tmp_path / "run", progress=False)
@@ -119,7 +121,7 @@ def test_train_command_then_evaluate_with_adapter(write_config, tmp_path, monkey
     assert not (tmp_path / "trained" / "predictions.jsonl").exists()  # trains, does not evaluate
 
     # --adapter: evaluate that folder, no training at all.
-    monkeypatch.setattr(training, "train_adapter", lambda *a, **k: pytest.fail("trained despite --adapter"))
+    monkeypatch.setattr(attach, "train_adapter", lambda *a, **k: pytest.fail("trained despite --adapter"))
     out = tmp_path / "eval"
     res = runner.invoke(
         main, ["run", str(cfg), "--adapter", f"qlora={adapter}", "--out", str(out), "--no-progress"]
@@ -154,7 +156,7 @@ def test_rag_qlora_hybrid_on_toy_set(write_config, tmp_path):
     cfg = load_config(
         write_config(
             strategies=[{"name": "rag+qlora", "id": "rag_qlora", "top_k": 2, "raft_p_gold": 0.5, **FAST}],
-            **LIGHT,
+            metrics=["exact_match", "token_f1", "recall_at_k", "faithfulness"],
         )
     )
     result = run(cfg, run_dir=tmp_path / "run", progress=False)
@@ -168,9 +170,5 @@ def test_rag_qlora_hybrid_on_toy_set(write_config, tmp_path):
     assert len(preds) == 6 and all(len(p["extra"]["retrieved"]) == 2 for p in preds)
     # Test-time retrieval sees the kb_updates overlay (training used the pre-update KB).
     assert next(p for p in preds if p["example_id"] == "te-6")["extra"]["retrieved"][0]["doc_id"] == "returns"
-    assert (
-        "recall@2"
-        in json.loads((result.run_dir / "scores.json").read_text())["strategies"]["rag_qlora"][
-            "strategy_metrics"
-        ]
-    )
+    rows = json.loads((result.run_dir / "scores.json").read_text())["strategies"]["rag_qlora"]["per_example"]
+    assert all(r["recall_at_k"] is not None and r["faithfulness"] is not None for r in rows.values())

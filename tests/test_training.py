@@ -16,16 +16,11 @@ from harness.config import load_config
 from harness.data import Document
 from harness.errors import ConfigError, DataError
 from harness.runner import use_adapters
+from strategies.adapters.data import completion_text, encode_example, kb_chunks, split_rows
+from strategies.adapters.params import TrainParams
+from strategies.adapters.trainer import planned_steps
 from strategies.rag_qlora import raft_context
 from strategies.retrieval import RetrievedChunk
-from strategies.training import (
-    TrainParams,
-    completion_loss,
-    completion_text,
-    encode_example,
-    kb_chunks,
-    planned_steps,
-)
 
 TOY_SET = Path(__file__).parent / "fixtures" / "toy_set"
 PROMPT = [
@@ -39,6 +34,11 @@ def tiny(tiny_model_dir, tmp_path_factory):
     cfg = load_config_for(tiny_model_dir, tmp_path_factory.mktemp("cfg"))
     loaded = load_model(cfg.model, tmp_path_factory.mktemp("cache"))
     return TransformersBackend(loaded)
+
+
+def completion_loss(backend, rows, batch_size=8):
+    """Mean completion loss of the base (no adapter), through the backend's AdapterHost capability."""
+    return backend.adapter_nll(None, rows, batch_size)
 
 
 def load_config_for(model_dir, folder):
@@ -91,17 +91,16 @@ def test_kb_chunks_train_every_token_and_respect_length(tiny):
 
 def test_completion_loss_ignores_prompt_tokens(tiny):
     row = encode_example(tiny.tokenizer, tiny.render, PROMPT, "45 days.", max_len=512)
-    pad = tiny.tokenizer.pad_token_id
-    loss = completion_loss(tiny.model, [row], pad)
+    loss = completion_loss(tiny, [row])
     assert loss > 0 and torch.isfinite(torch.tensor(loss))
     # Token-weighted mean over completion tokens only: duplicating the row or batching differently
     # (padding) leaves it unchanged; a longer prompt with the same answer changes it only via context.
-    assert completion_loss(tiny.model, [row, row], pad, batch_size=1) == pytest.approx(loss, rel=1e-5)
+    assert completion_loss(tiny, [row, row], batch_size=1) == pytest.approx(loss, rel=1e-5)
     longer = encode_example(
         tiny.tokenizer, tiny.render, [*PROMPT[:1], {"role": "user", "content": "Hi. " * 20}], "45 days.", 512
     )
-    assert completion_loss(tiny.model, [row, longer], pad, batch_size=2) == pytest.approx(
-        (completion_loss(tiny.model, [row], pad) + completion_loss(tiny.model, [longer], pad)) / 2, rel=1e-4
+    assert completion_loss(tiny, [row, longer], batch_size=2) == pytest.approx(
+        (completion_loss(tiny, [row]) + completion_loss(tiny, [longer])) / 2, rel=1e-4
     )
 
 
@@ -205,25 +204,16 @@ def test_cli_adapter_errors_are_one_line(write_config, tmp_path):
 
 def test_validation_split_limit_and_hold_out(write_config, tmp_path):
     from harness.data import load_eval_set
-    from harness.plugin import RunContext
-    from strategies.training import split_rows
 
     cfg = load_config(write_config(strategies=[{"name": "qlora"}]))
-    ctx = RunContext(
-        load_eval_set(cfg.eval_set.path),
-        backend=None,
-        generation=cfg.generation,
-        run_dir=tmp_path,
-        cache_dir=tmp_path,
-        seed=0,
-    )
-    train, val, source = split_rows(ctx, TrainParams())
+    es = load_eval_set(cfg.eval_set.path)
+    train, val, source = split_rows(es, 0, TrainParams())
     assert (len(train), len(val), source) == (6, 3, "validation")
-    train, val, source = split_rows(ctx, TrainParams(validation_limit=2))
+    train, val, source = split_rows(es, 0, TrainParams(validation_limit=2))
     assert len(val) == 2 and source == "validation (first 2)"
     # No such split: 10% of train (at least one example) held out, deterministically by seed.
-    train, val, source = split_rows(ctx, TrainParams(validation_split="dev"))
+    train, val, source = split_rows(es, 0, TrainParams(validation_split="dev"))
     assert len(train) == 5 and len(val) == 1 and "held out" in source
-    assert split_rows(ctx, TrainParams(validation_split="dev"))[1] == val
+    assert split_rows(es, 0, TrainParams(validation_split="dev"))[1] == val
     with pytest.raises(DataError, match="adapter training needs a 'tune' split"):
-        split_rows(ctx, TrainParams(train_split="tune"))
+        split_rows(es, 0, TrainParams(train_split="tune"))

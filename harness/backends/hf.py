@@ -215,6 +215,7 @@ class TransformersBackend:
         source, _ = resolve_source(cfg, self._cache())
         path = Path(source)
         if path.is_dir():
+            fp["path"] = str(path.resolve())  # peft records it as base_model_name_or_path
             cfg_file = path / "config.json"
             fp["config_sha256"] = (
                 hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.is_file() else None

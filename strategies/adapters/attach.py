@@ -1,0 +1,176 @@
+"""``AdapterStrategy``: the train/prepare entry points shared by adapter strategies (qlora, rag+qlora).
+
+The host strategy says how an eval-set row becomes a chat prompt (``training_prompts``); this base trains
+or loads the adapter and attaches it to the backend's shared base model, through the backend's
+``AdapterHost`` capability only (no model objects here), and records the training cost.
+
+Two entry points, each called once per strategy object:
+
+* ``train(ctx)`` (``adaptbench train``): train, or hit the adapter cache; no attaching.
+* ``prepare(ctx)`` (``adaptbench run``): the adapter from ``adapter_path`` (``--adapter``) or from
+  training/cache, attached under a per-strategy name, optionally merged, then ``predict`` generates with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from harness.backends.base import AdapterHost, Prompt, require
+from harness.errors import ModelError
+from harness.plugin import RunContext
+from harness.rundir import atomic_write_json
+from strategies.adapters import cache
+from strategies.adapters.data import Row, build_data
+from strategies.adapters.params import AdapterParams, TrainParams
+from strategies.adapters.trainer import TrainResult, train_adapter
+
+log = logging.getLogger("adaptbench.training")
+
+# Training-record fields copied into the strategy's cost (manifest) entry.
+COST_TRAINING_KEYS = (
+    "source",
+    "adapter_dir",
+    "device",
+    "quantization",
+    "fallback_reason",
+    "steps",
+    "epochs",
+    "tokens_seen",
+    "tokens_per_s",
+    "peak_memory_kind",
+    "trainable_params",
+    "trainable_share",
+    "val_loss_base",
+    "val_loss_final",
+    "inference_base",
+    "loss_curve",
+)
+
+
+def adapter_name(strategy_id: str, adapter_path: Path) -> str:
+    """A peft adapter name unique per strategy and adapter (peft names must not contain dots)."""
+    digest = hashlib.sha256(str(adapter_path.resolve()).encode()).hexdigest()[:8]
+    return re.sub(r"\W", "_", strategy_id) + "_" + digest
+
+
+def inference_val_loss(backend: AdapterHost, name: str, rows: list[Row]) -> dict[str, Any]:
+    """Validation loss on the run's own inference base, without and with the adapter attached.
+
+    The adapter may have been trained on a 4-bit copy; this shows it still helps the base it is served on.
+    """
+    info = backend.describe()  # type: ignore[attr-defined]
+    return {
+        "dtype": info.get("dtype"),
+        "quantization": info.get("quantization"),
+        "val_loss_base": round(backend.adapter_nll(None, rows), 5),  # type: ignore[arg-type]
+        "val_loss_adapter": round(backend.adapter_nll(name, rows), 5),
+    }
+
+
+class AdapterStrategy:
+    """Mixin placed before the host strategy class: ``class QLoRAStrategy(AdapterStrategy, PromptStrategy)``.
+
+    The host's params subclass ``TrainParams`` and ``AdapterParams``; it implements ``training_prompts``.
+    """
+
+    id: str
+    params: Any  # TrainParams + AdapterParams
+    cost: dict[str, Any]
+    adapter: str | None
+    training_record: dict[str, Any]
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def training_prompts(self, rows: list[dict[str, Any]], split: str) -> list[tuple[Prompt, str]]:
+        raise NotImplementedError
+
+    def setup(self, ctx: RunContext) -> None:
+        """Per-run state ``training_prompts`` and ``predict`` need (templates, retriever): the host's prepare."""
+        super().prepare(ctx)  # type: ignore[misc]
+
+    def training_key_extra(self) -> Any:
+        return None
+
+    # -- entry points ------------------------------------------------------------------------------
+    def train(self, ctx: RunContext) -> TrainResult:
+        """``adaptbench train``: train the adapter (or reuse the cached one); nothing is attached."""
+        self.setup(ctx)
+        return self._train(ctx)
+
+    def prepare(self, ctx: RunContext) -> None:
+        """``adaptbench run``: adapter from ``adapter_path`` or training/cache, attached to the shared base."""
+        host = require(ctx.backend, AdapterHost, f"strategy {self.id!r}")
+        self.setup(ctx)
+        params = self.params
+        if params.adapter_path:
+            path = Path(params.adapter_path).expanduser().resolve()
+            record = cache.check_adapter(ctx.backend, path)
+            result = TrainResult(path, record, True, None)
+            self.write_training_record(ctx, result, source="--adapter")
+        else:
+            result = self._train(ctx)
+        self._attach(ctx, host, result)
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _train(self, ctx: RunContext) -> TrainResult:
+        result = train_adapter(
+            ctx, self.params, self.training_prompts, key_extra=self.training_key_extra(), label=self.id
+        )
+        self.write_training_record(ctx, result, source="cache" if result.cache_hit else "trained")
+        return result
+
+    def _attach(self, ctx: RunContext, host: AdapterHost, result: TrainResult) -> None:
+        params: TrainParams | AdapterParams = self.params
+        name = adapter_name(self.id, result.adapter_dir)
+        info = ctx.backend.describe()
+        try:
+            host.load_adapter(str(result.adapter_dir), name)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(
+                f"adapter {result.adapter_dir}: does not fit this run's base model {info.get('id')!r} ({first})"
+            ) from None
+        self.adapter = name
+        served = result.record.get("inference_base") or {}
+        if (served.get("dtype"), served.get("quantization")) != (info.get("dtype"), info.get("quantization")):
+            data = result.data or build_data(ctx, self.params, self.training_prompts)
+            result.record = {
+                **result.record,
+                "inference_base": inference_val_loss(host, name, data.validation),
+            }
+            if (
+                not self.params.adapter_path
+            ):  # our cache entry: remember it (never write into a user's folder)
+                atomic_write_json(result.adapter_dir / cache.RECORD_FILE, result.record)
+        self.write_training_record(ctx, result, source=self.training_record["source"])
+        notes = self.cost.setdefault("notes", [])
+        rec = result.record
+        if rec.get("quantization") == "4bit" and info.get("quantization") != "4bit":
+            notes.append(
+                f"LoRA trained on the 4-bit NF4 base, served on the {info.get('dtype')} base "
+                "(standard QLoRA deployment)"
+            )
+        if rec.get("fallback_reason"):
+            notes.append(f"4-bit unavailable, trained full-precision LoRA: {rec['fallback_reason']}")
+        if params.merge:
+            if info.get("quantization") != "none":
+                msg = f"merge ignored: the inference base is {info.get('quantization')}-quantised"
+                log.warning("%s: %s", self.id, msg)
+                notes.append(msg)
+            else:
+                host.merge_adapter(name)
+                notes.append("LoRA merged into the base while this strategy generates")
+
+    def write_training_record(self, ctx: RunContext, result: TrainResult, source: str) -> None:
+        rec = {**result.record, "adapter_dir": str(result.adapter_dir), "source": source}
+        atomic_write_json(ctx.run_dir / "training" / f"{self.id}.json", rec)
+        self.training_record = rec
+        self.cost.update(
+            train_seconds=rec.get("train_seconds"),
+            peak_memory_bytes=rec.get("peak_memory_bytes"),
+            adapter_bytes=cache.adapter_bytes(result.adapter_dir),
+            training={k: rec.get(k) for k in COST_TRAINING_KEYS},
+        )
