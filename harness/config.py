@@ -58,6 +58,15 @@ class GenerationConfig(StrictModel):
     stop: list[str] = Field(default_factory=list, description="cut answers at the first of these strings")
 
 
+class LatencyProbeConfig(StrictModel):
+    """Serving-style latency (what one user waits), measured apart from the batched evaluation pass."""
+
+    requests: int = Field(
+        32, ge=0, description="single requests per strategy (a seeded sample of the split); 0 = no probe"
+    )
+    warmup: int = Field(2, ge=0, description="requests per strategy sent first and not counted")
+
+
 class StrategySpec(BaseModel):
     """One strategy entry: a registry ``name``, an optional unique ``id`` and the strategy's own params."""
 
@@ -204,6 +213,7 @@ class RunConfig(StrictModel):
     eval_set: EvalSetConfig
     strategies: list[StrategySpec] = Field(min_length=1)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    latency_probe: LatencyProbeConfig = Field(default_factory=LatencyProbeConfig)
     metrics: list[MetricName] = Field(
         default_factory=_default_metrics, description="metric names; default = every default metric"
     )

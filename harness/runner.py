@@ -6,6 +6,7 @@ an existing run folder resumes: finished (strategy, example) pairs are never rec
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from harness.backends.base import GenerationBackend, LogLikelihood, require
 from harness.config import RunConfig, dump_config
 from harness.data import EvalSet, load_eval_set
 from harness.errors import ConfigError
+from harness.latency import LATENCY_FILE, run_probe
 from harness.manifest import hardware, now_iso, package_versions
 from harness.memory import PeakMemory, process_peak_rss_bytes
 from harness.plugin import Answer, RunContext, Strategy
@@ -236,6 +238,7 @@ def run(
         "packages": package_versions(),
         "hardware": hardware(),
         "strategies": previous.get("strategies", {}),
+        **({"latency_probe": previous["latency_probe"]} if "latency_probe" in previous else {}),
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
 
@@ -245,6 +248,7 @@ def run(
     if "coherence" in config.metrics:  # fail before generating, not after
         require(backend, LogLikelihood, "the coherence metric (answer perplexity)")
     preds = PredictionLog(run_dir / "predictions.jsonl")
+    prepared: set[str] = set()
 
     for strategy in strategies:
         todo = [ex for ex in examples if not preds.done(strategy.id, ex["id"])]
@@ -255,6 +259,7 @@ def run(
         start = time.perf_counter()
         mem = PeakMemory("auto").start()
         strategy.prepare(ctx)
+        prepared.add(strategy.id)
         prepare_seconds = time.perf_counter() - start
         bar = tqdm(
             total=len(examples),
@@ -285,12 +290,51 @@ def run(
         if on_strategy_done:
             on_strategy_done(strategy.id, cost)
 
+    probe_latency(run_dir, config, ctx, strategies, prepared, examples, manifest, progress)
     scores = compute_scores(run_dir, config, manifest, [s.id for s in strategies], backend=backend)
     manifest["status"] = "complete"
     manifest["finished"] = now_iso()
     atomic_write_json(run_dir / "manifest.json", manifest)
     render_reports(run_dir)
     return RunResult(run_dir=run_dir, scores=scores)
+
+
+def probe_latency(
+    run_dir: Path,
+    config: RunConfig,
+    ctx: RunContext,
+    strategies: list[Strategy],
+    prepared: set[str],
+    examples: list[dict[str, Any]],
+    manifest: dict[str, Any],
+    progress: bool,
+) -> None:
+    """Serving-style latency probe (``harness.latency``) after the batched pass; ``latency.jsonl``.
+
+    Skipped when disabled or already done for the same settings and strategies (resume)."""
+    settings = {**config.latency_probe.model_dump(), "strategies": [s.id for s in strategies]}
+    done = manifest.get("latency_probe") or {}
+    if config.latency_probe.requests == 0 or (
+        done.get("status") == "done"
+        and done.get("settings") == settings
+        and (run_dir / LATENCY_FILE).is_file()
+    ):
+        return
+    for strategy in strategies:  # strategies resumed as finished were not prepared in this process
+        if strategy.id not in prepared:
+            strategy.prepare(ctx)
+            prepared.add(strategy.id)
+    timings = run_probe(
+        strategies,
+        examples,
+        requests=config.latency_probe.requests,
+        warmup=config.latency_probe.warmup,
+        seed=config.seed,
+        progress=progress,
+    )
+    atomic_write_text(run_dir / LATENCY_FILE, "".join(json.dumps(t.to_json()) + "\n" for t in timings))
+    manifest["latency_probe"] = {"status": "done", "settings": settings, "requests_timed": len(timings)}
+    atomic_write_json(run_dir / "manifest.json", manifest)
 
 
 def compute_scores(

@@ -45,6 +45,7 @@ def write_config(tmp_path, tiny_model_dir):
             "eval_set": {"path": str(TOY_SET)},
             "strategies": strategies or [{"name": "prompt", "id": "zero_shot"}],
             "generation": {"max_new_tokens": 6, "batch_size": 4},
+            "latency_probe": {"requests": 2, "warmup": 0},  # exercised, but cheap
             "output_dir": str(tmp_path / "reports"),
             "cache_dir": str(tmp_path / "cache"),
         }

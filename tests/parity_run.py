@@ -41,6 +41,7 @@ def run_parity(tmp: Path, model_dir: Path | None = None) -> dict[str, Any]:
             {"name": "rag", "id": "rag", "top_k": 2},
         ],
         "generation": {"max_new_tokens": 8, "batch_size": 4},
+        "latency_probe": {"requests": 0},
         "metrics": [
             "exact_match",
             "token_f1",

@@ -16,12 +16,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from harness.backends import register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
 from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
 from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
 from harness.config import GenerationConfig, ModelConfig
+from harness.latency import mark_first_token, probing
+
+
+class FirstTokenStreamer(BaseStreamer):
+    """``generate`` hands a streamer the prompt first, then each new token: the second ``put`` is the
+    first generated token (time to first token for the latency probe)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            mark_first_token()
+
+    def end(self) -> None:
+        pass
 
 
 @register_backend("transformers")
@@ -134,6 +152,8 @@ class TransformersBackend:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if probing():  # a latency-probe request: observe when the first new token exists
+            kwargs["streamer"] = FirstTokenStreamer()
         if self.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()

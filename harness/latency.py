@@ -1,0 +1,119 @@
+"""Serving-style latency probe: what one user waits, apart from the batched evaluation pass.
+
+The batched pass measures throughput (tokens/s, examples/s -> serving cost); its per-example "latency"
+would be a share of a batch's wall time, which no user ever waits. The probe sends ``requests``
+examples (a seeded sample) one at a time through each strategy's *whole* ``predict`` pipeline
+(query embedding, retrieval, compression, prompt, generation), after ``warmup`` discarded requests,
+interleaving strategies round-robin (rotated each round) so machine drift and cache effects hit all
+alike — the way vLLM's serving benchmark and GuideLLM measure a server. Per request it records:
+
+* ``e2e_s``: wall time of the request, from ``predict`` call to answer;
+* ``ttft_s``: time to first token — until the backend emitted the first generated token (backends
+  call :func:`mark_first_token`); the pipeline work before generation counts, as a user waits for it;
+* ``tpot_s``: time per output token after the first, ``(e2e - ttft) / (new_tokens - 1)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+LATENCY_FILE = "latency.jsonl"
+
+
+@dataclass
+class RequestClock:
+    start: float
+    first_token: float | None = None
+
+
+_CLOCK: ContextVar[RequestClock | None] = ContextVar("adaptbench_request_clock", default=None)
+
+
+def mark_first_token() -> None:
+    """Backends call this when the first new token of a request exists (no-op outside a probe)."""
+    clock = _CLOCK.get()
+    if clock is not None and clock.first_token is None:
+        clock.first_token = time.perf_counter()
+
+
+def probing() -> bool:
+    """True inside a probe request: backends may then stream to observe the first token."""
+    return _CLOCK.get() is not None
+
+
+@contextlib.contextmanager
+def request_clock() -> Iterator[RequestClock]:
+    clock = RequestClock(time.perf_counter())
+    token = _CLOCK.set(clock)
+    try:
+        yield clock
+    finally:
+        _CLOCK.reset(token)
+
+
+@dataclass
+class RequestTiming:
+    strategy: str
+    example_id: str
+    round: int
+    e2e_s: float
+    ttft_s: float | None
+    tpot_s: float | None
+    new_tokens: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_sample(examples: Sequence[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """The seeded sample of examples the probe sends (the same for every strategy)."""
+    rng = random.Random(f"latency-probe:{seed}")
+    idx = sorted(rng.sample(range(len(examples)), min(n, len(examples))))
+    return [examples[i] for i in idx]
+
+
+def time_request(strategy: Any, example: dict[str, Any], rnd: int) -> RequestTiming:
+    with request_clock() as clock:
+        (answer,) = strategy.predict([example])
+    end = time.perf_counter()
+    e2e = end - clock.start
+    ttft = (clock.first_token - clock.start) if clock.first_token is not None else None
+    n = int(answer.new_tokens)
+    tpot = (e2e - ttft) / (n - 1) if ttft is not None and n > 1 else None
+    return RequestTiming(strategy.id, str(example["id"]), rnd, e2e, ttft, tpot, n)
+
+
+def run_probe(
+    strategies: Sequence[Any],
+    examples: Sequence[dict[str, Any]],
+    *,
+    requests: int,
+    warmup: int,
+    seed: int,
+    progress: bool = True,
+) -> list[RequestTiming]:
+    """Round-robin single requests through prepared strategies; warm-up rounds are not returned."""
+    sample = probe_sample(examples, requests, seed)
+    if not sample or not strategies:
+        return []
+    warm = [sample[i % len(sample)] for i in range(warmup)]
+    rounds = [(ex, r < warmup) for r, ex in enumerate(warm + sample)]
+    out: list[RequestTiming] = []
+    bar = tqdm(total=len(rounds) * len(strategies), desc="latency probe", unit="req", disable=not progress)
+    for r, (example, is_warmup) in enumerate(rounds):
+        k = r % len(strategies)  # rotate who goes first so no strategy always follows the same one
+        for strategy in [*strategies[k:], *strategies[:k]]:
+            timing = time_request(strategy, example, r - warmup)
+            if not is_warmup:
+                out.append(timing)
+            bar.update(1)
+    bar.close()
+    return out

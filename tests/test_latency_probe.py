@@ -1,0 +1,88 @@
+"""The serving-style latency probe: single requests through each strategy's whole pipeline."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.latency import mark_first_token, probe_sample, run_probe
+
+
+@dataclass
+class _Answer:
+    new_tokens: int
+
+
+class _Sleepy:
+    """A strategy whose pipeline takes ``before`` s, then 'generates' ``tokens`` at ``per_token`` s each."""
+
+    def __init__(self, sid: str, before: float, per_token: float, tokens: int, calls: list[str]):
+        self.id, self.before, self.per_token, self.tokens, self.calls = sid, before, per_token, tokens, calls
+
+    def predict(self, batch):
+        assert len(batch) == 1, "the probe sends one request at a time"
+        self.calls.append(self.id)
+        time.sleep(self.before)
+        mark_first_token()
+        time.sleep(self.per_token * (self.tokens - 1))
+        return [_Answer(self.tokens)]
+
+
+def test_probe_times_the_whole_pipeline_interleaved_with_warmup_discarded():
+    calls: list[str] = []
+    slow_retrieval = _Sleepy("rag", before=0.05, per_token=0.002, tokens=6, calls=calls)
+    plain = _Sleepy("prompt", before=0.0, per_token=0.002, tokens=6, calls=calls)
+    examples = [{"id": f"e{i}"} for i in range(10)]
+    timings = run_probe([plain, slow_retrieval], examples, requests=4, warmup=2, seed=0, progress=False)
+    assert len(calls) == (4 + 2) * 2  # warm-up requests are sent but not returned
+    assert len(timings) == 4 * 2 and {t.round for t in timings} == {0, 1, 2, 3}
+    # Round-robin, rotated: neither strategy always goes first.
+    firsts = {calls[2 * r] for r in range(6)}
+    assert firsts == {"rag", "prompt"}
+    rag = [t for t in timings if t.strategy == "rag"]
+    prompt = [t for t in timings if t.strategy == "prompt"]
+    # Work before generation (retrieval) counts in time to first token and end-to-end time.
+    assert min(t.ttft_s for t in rag) >= 0.05 > max(t.ttft_s for t in prompt)
+    for t in timings:
+        assert t.ttft_s <= t.e2e_s and t.new_tokens == 6
+        assert abs(t.tpot_s - (t.e2e_s - t.ttft_s) / 5) < 1e-12
+    # Every strategy gets the same seeded sample of examples.
+    assert [t.example_id for t in rag] == [t.example_id for t in prompt]
+    assert [e["id"] for e in probe_sample(examples, 4, 0)] == sorted({t.example_id for t in rag})
+
+
+def test_no_first_token_mark_means_unknown_ttft_not_zero():
+    class NoStream:
+        id = "served"
+
+        def predict(self, batch):
+            return [_Answer(3)]
+
+    (t,) = run_probe([NoStream()], [{"id": "a"}], requests=1, warmup=0, seed=0, progress=False)
+    assert t.ttft_s is None and t.tpot_s is None and t.e2e_s > 0
+
+
+def test_run_writes_latency_probe_for_every_strategy_and_resume_skips_it(write_config, tmp_path):
+    cfg = write_config(
+        strategies=[{"name": "prompt", "id": "zero"}, {"name": "rag", "id": "rag", "top_k": 2}],
+        latency_probe={"requests": 3, "warmup": 1},
+        metrics=["token_f1"],
+        primary_metric="token_f1",
+    )
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "latency.jsonl").read_text().splitlines()]
+    assert sorted({r["strategy"] for r in rows}) == ["rag", "zero"] and len(rows) == 6
+    for r in rows:  # the transformers backend reports the first token through the streamer
+        assert r["ttft_s"] is not None and 0 < r["ttft_s"] <= r["e2e_s"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["latency_probe"]["status"] == "done" and manifest["latency_probe"]["requests_timed"] == 6
+    before = (out / "latency.jsonl").read_text()
+    res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (out / "latency.jsonl").read_text() == before  # not re-probed on resume
