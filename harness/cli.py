@@ -224,7 +224,8 @@ def validate(config: str) -> None:
     "--weight",
     "weights",
     multiple=True,
-    help="What-if: replace the decision weights, e.g. --weight token_f1=0.7 --weight latency_p95_ms=0.3.",
+    help="What-if: decide in the weighted mode with these weights, e.g. --weight token_f1=0.7 "
+    "--weight semantic_similarity=0.3 (latency and cost need decision.scales in the run's config).",
 )
 @user_errors
 def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...]) -> None:
@@ -250,6 +251,7 @@ def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...])
             if not sep:
                 raise AdaptbenchError(f"--weight {item!r}: write NAME=NUMBER, e.g. token_f1=0.5")
         overrides["weights"] = parsed
+        overrides["mode"] = "weighted"  # weights only matter in the weighted mode
     out = write_report(path, decision_overrides=overrides or None)
     print_summary(path)
     click.echo(f"wrote {out.name}, summary.md, scores.csv and decision.json in {path}")

@@ -6,6 +6,7 @@ Every validation problem becomes a one-line ``ConfigError`` naming the YAML path
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -154,11 +156,22 @@ class ScoringConfig(StrictModel):
 class DecisionConfig(StrictModel):
     """How the report turns measurements into a recommendation (see docs/decision.md)."""
 
+    mode: Literal["quality_first", "weighted"] = Field(
+        "quality_first",
+        description="quality_first: best primary metric among the feasible, cheapest of those tied with it; "
+        "weighted: weighted mean of utilities on the absolute scales in decision.scales",
+    )
     constraints: list[str] = Field(
         default_factory=list, description='hard limits, e.g. "latency_p95_ms <= 800", "peak_memory_gb <= 16"'
     )
+    margin: float = Field(
+        0.0,
+        ge=0.0,
+        description="quality_first: a strategy ties with the leader when the lower confidence bound of "
+        "(strategy - leader) on the primary metric is above -margin (in the metric's units)",
+    )
     weights: dict[str, float] | None = Field(
-        None, description="weights over measures; null = primary metric 0.5, semantic_similarity 0.2, ..."
+        None, description="weighted mode: weights over measures; null = the quality defaults"
     )
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     confidence_level: float = Field(0.95, gt=0.5, lt=1.0)
@@ -174,6 +187,32 @@ class DecisionConfig(StrictModel):
         le=1.0,
         description="explorer: best minus worst primary score that counts as disagreement",
     )
+
+    scales: dict[str, list[float]] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="weighted mode: [worst, best] per measure, mapped linearly to utility 0..1 and clipped, "
+        "e.g. latency_p95_ms: [2000, 200]",
+    )
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, value: dict[str, list[float]], info: ValidationInfo) -> dict[str, list[float]]:
+        from harness.decision.measures import is_known, known_names, natural_scale
+
+        for name, pair in value.items():
+            if not is_known(name):
+                raise ValueError(f"unknown measure {name!r} (known: {', '.join(known_names())})")
+            if len(pair) != 2 or not all(math.isfinite(v) for v in pair) or pair[0] == pair[1]:
+                raise ValueError(f"{name}: write [worst, best], two different numbers, e.g. [2000, 200]")
+        if info.data.get("mode") == "weighted":
+            for name, w in (info.data.get("weights") or {}).items():
+                if w > 0 and name not in value and natural_scale(name) is None:
+                    raise ValueError(
+                        f"{name} is weighted but has no natural scale: give decision.scales.{name}: "
+                        "[worst, best] (e.g. latency_p95_ms: [2000, 200])"
+                    )
+        return value
 
     @field_validator("constraints")
     @classmethod

@@ -1,4 +1,7 @@
-"""Decision engine: constraint parsing and filtering, weighted ranking, significance, sensitivity."""
+"""Decision engine: constraint parsing and filtering, weighted mode (absolute scales), significance,
+sensitivity. The quality_first mode (the default) has its own tests in tests/test_quality_first.py; the
+weighted-mode tests here were converted from the old best/value utilities to explicit ``decision.scales``
+(latency [500, 100] gives the same utilities as before for these numbers)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from harness.config import DecisionConfig, load_config
 from harness.decision import Constraint, Engine, decide, parse_constraint, utility
 from harness.decision.analysis import analyze
 from harness.decision.sensitivity import sensitivity
+from harness.decision.weighted import scale_for
 from harness.errors import ConfigError
 from tests.support.synthetic_run import write_synthetic_run
 
@@ -23,7 +27,11 @@ def _engine(point: dict[str, dict[str, float]], spread: dict[str, float] | None 
     for s, ms in point.items():
         noise = rng.normal(0, (spread or {}).get(s, 0.0), B)
         boot[s] = {m: np.full(B, v) + (noise if m == "token_f1" else 0.0) for m, v in ms.items()}
+    cfg.setdefault("mode", "weighted")
     return Engine(point, boot, "token_f1", DecisionConfig(**cfg))
+
+
+LATENCY_SCALE = {"latency_p95_ms": [500.0, 100.0]}
 
 
 POINT = {
@@ -78,12 +86,16 @@ def test_bad_constraints_and_weights_are_one_line_config_errors(tmp_path):
         assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_utilities():
-    assert utility("token_f1", 0.4, [0.4, 0.6]) == pytest.approx(0.4)
-    # Cost-type: best / value, cheapest gets 1, twice as slow 0.5; a floor stops division by zero.
-    assert utility("latency_p95_ms", np.array([100.0, 200.0]), [100.0, 200.0]).tolist() == [1.0, 0.5]
-    assert utility("train_time_min", np.array([0.0, 20.0]), [0.0, 20.0]).tolist() == [1.0, 0.05]
-    assert utility("tokens_per_s", 50.0, [50.0, 100.0]) == pytest.approx(0.5)
+def test_utilities_on_absolute_scales():
+    # [0, 1] scores count as measured; everything else maps linearly from [worst, best], clipped.
+    assert utility("token_f1", 0.4, scale_for({}, "token_f1")) == pytest.approx(0.4)
+    lat = utility("latency_p95_ms", np.array([2000.0, 200.0, 1100.0, 3000.0, 100.0]), (2000.0, 200.0))
+    assert lat.tolist() == [0.0, 1.0, 0.5, 0.0, 1.0]
+    assert utility("tokens_per_s", 50.0, (0.0, 100.0)) == pytest.approx(0.5)
+    # No ratio to the best candidate: a utility does not depend on the other strategies' values.
+    assert scale_for({"total_cost_per_1k_usd": [1.0, 0.0]}, "total_cost_per_1k_usd") == (1.0, 0.0)
+    with pytest.raises(ConfigError, match=r"decision\.scales\.latency_p95_ms"):
+        scale_for({}, "latency_p95_ms")
 
 
 def test_constraints_filter_and_weighted_ranking():
@@ -91,14 +103,16 @@ def test_constraints_filter_and_weighted_ranking():
         POINT,
         constraints=["peak_memory_gb <= 16"],
         weights={"token_f1": 0.6, "latency_p95_ms": 0.4},
+        scales=LATENCY_SCALE,
     )
     d = eng.decide()
     assert d.excluded == [{"strategy": "qlora", "violations": ["peak_memory_gb <= 16 (measured 20.0 GB)"]}]
-    # Hand-computed: prompt 0.6*0.30 + 0.4*(100/100) = 0.58; rag 0.6*0.55 + 0.4*(100/400) = 0.43.
+    # Hand-computed on the scale [500, 100] ms: prompt 0.6*0.30 + 0.4*1 = 0.58; rag 0.6*0.55 + 0.4*0.25 = 0.43.
     scores = {r["strategy"]: r["score"] for r in d.ranking}
     assert scores == {"prompt": pytest.approx(0.58), "rag": pytest.approx(0.43)}
     assert [r["strategy"] for r in d.ranking] == ["prompt", "rag"] and d.top == "prompt"
     assert d.weights == {"token_f1": pytest.approx(0.6), "latency_p95_ms": pytest.approx(0.4)}
+    assert d.mode == "weighted" and d.rule.startswith("weighted:")
     # Without the latency weight rag is first.
     d2 = eng.decide(weights={"token_f1": 1.0})
     assert d2.top == "rag" and d2.recommended == "rag"
@@ -151,9 +165,14 @@ def test_unmeasured_values_break_constraints_and_drop_weights():
 
 
 def test_sensitivity_names_the_flipping_constraint_and_weight():
-    eng = _engine(POINT, spread={s: 0.005 for s in POINT}, weights={"token_f1": 0.7, "latency_p95_ms": 0.3})
+    eng = _engine(
+        POINT,
+        spread={s: 0.005 for s in POINT},
+        weights={"token_f1": 0.7, "latency_p95_ms": 0.3},
+        scales=LATENCY_SCALE,
+    )
     d = eng.decide()
-    # rag 0.7*.55+0.3*.25 = .46; qlora 0.7*.5+0.3*(100/120) = .60; prompt .21+.3 = .51
+    # On [500, 100] ms: rag 0.7*.55+0.3*.25 = .46; qlora 0.7*.5+0.3*.95 = .635; prompt .21+.3 = .51
     assert d.recommended == "qlora"
     notes = sensitivity(eng, d)
     lat = next(n for n in notes if n["kind"] == "constraint" and n["measure"] == "latency_p95_ms")
@@ -172,10 +191,17 @@ def test_sensitivity_names_the_flipping_constraint_and_weight():
 
 
 def test_decision_on_a_run_folder_with_planted_difference(tmp_path):
-    run = write_synthetic_run(tmp_path / "run", decision={"weights": {"token_f1": 1.0}})
+    run = write_synthetic_run(tmp_path / "run", decision={})  # quality_first, the default
     an = analyze(run)
     d = decide(an)
-    assert d.recommended == "rag" and d.reason == "significant"
+    assert d.mode == "quality_first" and d.recommended == "rag" and d.reason == "significant"
+    # The decision reads the report's own family table: same differences, same Holm p-values.
+    table = {frozenset((c["a"], c["b"])): c for c in an.comparisons["token_f1"]}
+    for c in d.lead:
+        row = table[frozenset(("rag", c["vs"]))]
+        assert c["p_adjusted"] == row["p_adjusted"] and abs(c["diff"]) == pytest.approx(abs(row["diff"]))
+    assert an.comparisons["exact_match"][0]["test"] == "mcnemar"
+    assert an.comparisons["token_f1"][0]["test"] == "sign-flip"
     # rag's planted +0.25 on 32 of 40 examples (~+0.2 overall) shows up in the primary metric's paired tests.
     cmp = {(c["a"], c["b"]): c for c in an.comparisons["token_f1"]}
     assert cmp[("prompt", "rag")]["significant"] and cmp[("prompt", "rag")]["diff"] == pytest.approx(
@@ -188,12 +214,13 @@ def test_decision_on_a_run_folder_with_planted_difference(tmp_path):
 
 
 def test_constraint_in_config_excludes_strategy_in_run_folder(tmp_path):
-    run = write_synthetic_run(
-        tmp_path / "run", decision={"constraints": ["latency_p95_ms <= 300"], "weights": {"token_f1": 1.0}}
-    )
+    run = write_synthetic_run(tmp_path / "run", decision={"constraints": ["latency_p95_ms <= 300"]})
     d = decide(analyze(run))
     assert [e["strategy"] for e in d.excluded] == ["rag"]
     assert d.recommended in ("qlora", "prompt")
+    # rag is significantly better on the primary metric: the headline says which constraint removed it.
+    assert [f["strategy"] for f in d.forced] == ["rag"]
+    assert "rag scores higher on Token F1" in d.headline and "latency_p95_ms <= 300" in d.headline
     assert any(n["kind"] == "relax" and n["winner"] == "rag" for n in d.sensitivity)
 
 

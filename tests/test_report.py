@@ -28,7 +28,7 @@ def _poison_tags(run_dir):
 
 @pytest.fixture()
 def run_dir(tmp_path):
-    run = write_synthetic_run(tmp_path / "run", decision={"weights": {"token_f1": 1.0}})
+    run = write_synthetic_run(tmp_path / "run", decision={"margin": 0.02})  # quality_first
     _poison_tags(run)
     write_report(run)
     return run
@@ -65,9 +65,19 @@ def test_report_leads_with_the_recommendation_and_its_numbers(run_dir):
     assert decision["decision"]["recommended"] == "rag"
     top = html.split('id="table"')[0]  # everything above the strategy table
     assert '<span class="rec">rag</span>' in top
-    assert "Recommendation: rag, significantly ahead of" in top
+    assert re.search(
+        r"Recommendation: rag — best on Token F1 \(5\d\.\d%\), significantly ahead of qlora", top
+    )
     assert "confidence: high" in top and "significant lead" in top
-    assert re.search(r"Token F1 5\d\.\d% vs 3\d\.\d%", top)
+    assert re.search(r"Token F1 5\d\.\d% \(95% CI [^)]*\) vs 3\d\.\d% for qlora", top)
+    # The mode and its rule in words; the decision reads the family table shown under "Are the differences real?".
+    assert "Mode: <code>quality_first</code> — quality first:" in top and "margin ±2 points" in top
+    assert "Paired tests on Token F1 read by the decision" in top
+    assert decision["decision"]["mode"] == "quality_first" and decision["decision"]["rule"].startswith(
+        "quality first"
+    )
+    assert "McNemar (exact)" in html  # exact match is a binary metric
+    assert "on the weighted score" not in html
     assert "What would change the decision" in top
     # Sections: table with CIs, five kinds of charts, stats, tags, explorer.
     assert html.count("<svg") >= 5 and "Training loss" in html and "p95 latency" in html
@@ -82,8 +92,9 @@ def test_report_leads_with_the_recommendation_and_its_numbers(run_dir):
 def test_summary_and_scores_csv(run_dir):
     summary = (run_dir / "summary.md").read_text()
     assert summary.startswith("## adaptbench · run")
-    assert "**Recommendation: rag, significantly ahead of" in summary
-    assert "| **rag** |" in summary and "| strategy | score | Token F1 |" in summary
+    assert "**Recommendation: rag — best on Token F1" in summary
+    assert "Decision mode: `quality_first`" in summary
+    assert "| **rag** |" in summary and "| strategy | rank | Token F1 |" in summary
     df = pd.read_csv(run_dir / "scores.csv")
     assert len(df) == 3 * 40 and set(df["strategy"]) == {"prompt", "rag", "qlora"}
     assert {"example_id", "tags", "token_f1", "semantic_similarity", "coherence", "latency_ms"} <= set(
@@ -102,10 +113,12 @@ def test_summary_and_scores_csv(run_dir):
 
 
 def test_cli_report_rerenders_from_files_alone_and_is_deterministic(tmp_path):
+    # Was: default weights with best/value latency and cost utilities picked prompt ("prefer the
+    # cheaper") over a significantly more accurate rag; quality_first (the default) picks rag.
     run = write_synthetic_run(tmp_path / "run")
     res = CliRunner().invoke(main, ["report", str(run)])
     assert res.exit_code == 0, res.output
-    assert "No significant difference; prefer the cheaper: prompt" in res.output
+    assert "Recommendation: rag — best on Token F1" in res.output
     first = {n: (run / n).read_bytes() for n in ("report.html", "summary.md", "scores.csv", "decision.json")}
     for path in run.iterdir():
         if path.name not in ("scores.json", "predictions.jsonl", "manifest.json", "config.yaml"):
@@ -176,9 +189,13 @@ def test_cli_report_what_if_constraints_and_weights(tmp_path):
     assert res.exit_code == 0, res.output
     decision = json.loads((run / "decision.json").read_text())["decision"]
     assert decision["constraints"] == ["latency_p95_ms <= 300"] and decision["recommended"] != "rag"
+    # --weight switches to the weighted mode; latency has no natural scale, so it needs decision.scales.
     res = CliRunner().invoke(main, ["report", str(run), "--weight", "latency_p95_ms=1"])
+    assert res.exit_code == 2 and "decision.scales.latency_p95_ms" in res.output
+    res = CliRunner().invoke(main, ["report", str(run), "--weight", "semantic_similarity=1"])
     assert res.exit_code == 0, res.output
-    assert json.loads((run / "decision.json").read_text())["decision"]["weights"] == {"latency_p95_ms": 1.0}
+    decision = json.loads((run / "decision.json").read_text())["decision"]
+    assert decision["weights"] == {"semantic_similarity": 1.0} and decision["mode"] == "weighted"
     res = CliRunner().invoke(main, ["report", str(run), "--weight", "token_f1"])
     assert res.exit_code == 2 and "write NAME=NUMBER" in res.output
     res = CliRunner().invoke(main, ["report", str(run), "--constraint", "speed <= 3"])
@@ -252,3 +269,20 @@ def test_cli_summary_shows_the_report_numbers_on_the_common_examples(tmp_path):
     per = scores["strategies"]["prompt"]["per_example"]
     all_examples = sum(v["token_f1"] for v in per.values()) / len(per)
     assert shown["prompt"] != f"{100 * all_examples:.1f}%"  # the common 38, not all 40
+
+
+def test_weighted_mode_report_states_mode_weights_and_scales(tmp_path):
+    decision = {
+        "mode": "weighted",
+        "weights": {"token_f1": 0.7, "latency_p95_ms": 0.3},
+        "scales": {"latency_p95_ms": [2000, 200]},
+    }
+    run = write_synthetic_run(tmp_path / "run", decision=decision)
+    write_report(run)
+    html = (run / "report.html").read_text()
+    record = json.loads((run / "decision.json").read_text())
+    assert record["decision"]["mode"] == "weighted" and record["decision"]["rule"].startswith("weighted:")
+    assert record["settings"]["scales"] == {"latency_p95_ms": [2000.0, 200.0]}
+    assert "Mode: <code>weighted</code>" in html and "p95 latency 2,000 ms → 200 ms" in html
+    assert "on the weighted score" in html and "weighted score" in html
+    assert "| strategy | score |" in (run / "summary.md").read_text()

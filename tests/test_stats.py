@@ -15,8 +15,10 @@ from harness.decision.stats import (
     bootstrap_ci,
     bootstrap_indices,
     bootstrap_p_value,
+    family,
     holm,
     holm_fast,
+    mcnemar_p_value,
     nanpercentile,
     paired_comparison,
     sign_flip_p_value,
@@ -166,3 +168,39 @@ def test_sign_flip_with_one_paired_example_is_p_one_not_a_crash():
 
     cmp = paired_comparison([0.9], [0.1], resamples=200, permutation_resamples=200)
     assert cmp.n == 1 and cmp.p_value == 1.0
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "expected"),
+    [
+        (1, 9, 0.021484375),
+        (9, 1, 0.021484375),
+        (4, 4, 1.0),
+        (0, 0, 1.0),
+        (0, 5, 0.0625),
+        (2, 10, 0.03857421875),
+    ],
+)
+def test_exact_mcnemar_known_values(b, c, expected):
+    # Two-sided exact binomial on the discordant pairs: b=1, c=9 -> 2 * (1 + 10) / 2^10.
+    assert mcnemar_p_value(b, c) == pytest.approx(expected, rel=1e-9)
+
+
+def test_binary_comparison_uses_mcnemar_on_discordant_pairs():
+    a = np.array([1] * 9 + [0] * 1 + [1] * 5 + [0] * 5, dtype=float)  # 9 only-a, 1 only-b
+    b = np.array([0] * 9 + [1] * 1 + [1] * 5 + [0] * 5, dtype=float)
+    cmp = paired_comparison(a, b, binary=True, resamples=200)
+    assert cmp.test == "mcnemar" and cmp.p_value == pytest.approx(0.021484375)
+    assert cmp.diff == pytest.approx(0.4)
+    assert paired_comparison(a, a, binary=True).p_value == 1.0
+
+
+def test_family_is_holm_within_metric_and_mcnemar_only_for_0_1_values():
+    rng = np.random.default_rng(3)
+    arrays = {s: (rng.uniform(size=30) < q).astype(float) for s, q in (("x", 0.2), ("y", 0.5), ("z", 0.9))}
+    rows = family(arrays, "exact_match", binary=True, resamples=200)
+    assert [(r.a, r.b) for r in rows] == [("x", "y"), ("x", "z"), ("y", "z")]
+    assert all(r.test == "mcnemar" for r in rows)
+    assert [r.p_adjusted for r in rows] == pytest.approx(holm([r.p_value for r in rows])[1])
+    arrays["z"] = arrays["z"] * 0.5  # not 0/1 any more: the sign-flip test
+    assert all(r.test == "sign-flip" for r in family(arrays, "m", binary=True, resamples=200))

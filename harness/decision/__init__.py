@@ -3,8 +3,11 @@
 * ``measures``: names, directions and units of everything that can be constrained, weighted, charted;
 * ``stats``: seeded bootstrap intervals, paired comparisons, Holm adjustment;
 * ``analysis``: the run folder's files -> point estimates, bootstrap samples and CIs (``analyze``);
-* ``engine``: constraints, weighted ranking, significance (``Engine``, ``Decision``);
-* ``sensitivity``: which constraint or weight change flips the recommendation;
+* ``engine``: constraints, then the decision mode (``Engine``, ``Decision``);
+* ``quality``: ``decision.mode: quality_first`` (default), read from the test family;
+* ``weighted``: ``decision.mode: weighted``, utilities on the absolute scales of ``decision.scales``;
+* ``arrays``: an ``Engine`` straight from per-example arrays (tests, notebooks);
+* ``sensitivity``: which constraint, margin or weight change flips the recommendation;
 * ``explain``: the headline, detail and rationale prose.
 
 Attributes are imported lazily so that ``harness.config`` can import ``harness.decision.measures``
@@ -18,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.decision.analysis import Analysis, analyze
-    from harness.decision.engine import Constraint, Decision, Engine, parse_constraint, utility
+    from harness.decision.arrays import engine_from_arrays
+    from harness.decision.engine import Constraint, Decision, Engine, parse_constraint
+    from harness.decision.weighted import utility
 
 _LAZY = {
     "Analysis": "analysis",
@@ -27,7 +32,8 @@ _LAZY = {
     "Decision": "engine",
     "Engine": "engine",
     "parse_constraint": "engine",
-    "utility": "engine",
+    "utility": "weighted",
+    "engine_from_arrays": "arrays",
 }
 
 __all__ = [
@@ -37,6 +43,7 @@ __all__ = [
     "Engine",
     "analyze",
     "decide",
+    "engine_from_arrays",
     "parse_constraint",
     "utility",
 ]
@@ -47,7 +54,14 @@ def decide(analysis: Analysis) -> Decision:
     from harness.decision.engine import Engine
     from harness.decision.sensitivity import sensitivity
 
-    engine = Engine(analysis.point, analysis.boot, analysis.primary, analysis.decision_cfg, analysis.ci)
+    engine = Engine(
+        analysis.point,
+        analysis.boot,
+        analysis.primary,
+        analysis.decision_cfg,
+        analysis.ci,
+        analysis.comparisons,
+    )
     d = engine.decide()
     d.sensitivity = sensitivity(engine, d)
     return d

@@ -24,15 +24,15 @@ from harness.config import DecisionConfig, ScoringConfig, validation_message
 from harness.decision.measures import MEASURES, QUALITY_METRICS, Measure, measure
 from harness.decision.stats import (
     Interval,
-    adjust,
     bootstrap_indices,
+    family,
     nanmean,
     nanpercentile,
-    paired_comparison,
     percentile_interval,
 )
 from harness.errors import ConfigError, DataError
 from harness.rundir import load_predictions, read_json
+from harness.scoring.registry import available_metrics
 
 GB, MB = 1e9, 1e6
 CPU_PRICE_PER_HOUR, GPU_PRICE_PER_HOUR = 0.10, 2.50
@@ -340,30 +340,23 @@ def _by_tag(examples, sdata, quality, cfg: DecisionConfig, resamples: int, seed:
 
 
 def _pairwise(sdata, quality, cfg: DecisionConfig, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Every pair of strategies on every quality metric: mean difference, paired bootstrap CI,
-    sign-flip permutation p-value, Holm-adjusted within the metric."""
-    ids = list(sdata)
+    """The test family (``stats.family``): every pair of strategies on every quality metric, exact
+    McNemar for binary metrics, sign-flip permutation otherwise, Holm within the metric."""
     out: dict[str, list[dict[str, Any]]] = {}
+    specs = available_metrics()
     for m in quality:
-        cmps = []
-        for i, a in enumerate(ids):
-            for b in ids[i + 1 :]:
-                xa, xb = sdata[a].arrays.get(m), sdata[b].arrays.get(m)
-                if xa is None or xb is None or not np.isfinite(xa - xb).any():
-                    continue
-                cmps.append(
-                    paired_comparison(
-                        xa,
-                        xb,
-                        a_name=a,
-                        b_name=b,
-                        metric=m,
-                        resamples=cfg.bootstrap_resamples,
-                        permutation_resamples=cfg.permutation_resamples,
-                        seed=seed,
-                        confidence=cfg.confidence_level,
-                    )
-                )
+        arrays = {s: sd.arrays[m] for s, sd in sdata.items() if m in sd.arrays}
+        spec = specs.get(m)
+        cmps = family(
+            arrays,
+            m,
+            binary=bool(spec is not None and spec.binary),
+            resamples=cfg.bootstrap_resamples,
+            permutation_resamples=cfg.permutation_resamples,
+            seed=seed,
+            confidence=cfg.confidence_level,
+            alpha=cfg.alpha,
+        )
         if cmps:
-            out[m] = [c.to_dict() for c in adjust(cmps, cfg.alpha)]
+            out[m] = [c.to_dict() for c in cmps]
     return out

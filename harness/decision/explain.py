@@ -34,8 +34,24 @@ def ci_text(eng: Engine, sid: str, name: str) -> str:
     return format_value(name, v)
 
 
+def margin_text(name: str, margin: float) -> str:
+    """A margin in the metric's units: points for [0, 1] scores ("2 points"), units otherwise."""
+    if measure(name).unit == "":
+        pts = 100 * margin
+        return f"{pts:g} point" + ("" if pts == 1 else "s")
+    return format_value(name, margin)
+
+
+def points(name: str, diff: float) -> str:
+    """A signed difference of a measure: percentage points for [0, 1] scores."""
+    if not math.isfinite(diff):
+        return "n/a"
+    if measure(name).unit == "":
+        return f"{100 * diff:+.1f} points"
+    return ("+" if diff >= 0 else "-") + format_value(name, abs(diff))
+
+
 def explain(eng: Engine, d: Decision) -> None:
-    cl = int(round(100 * eng.cfg.confidence_level))
     lines: list[str] = []
     if d.reason == "no_feasible":
         d.headline = "No strategy meets the constraints"
@@ -45,6 +61,17 @@ def explain(eng: Engine, d: Decision) -> None:
         lines.append("Relax a constraint (see the sensitivity notes) or add a cheaper strategy.")
         d.rationale = lines
         return
+    if d.mode == "quality_first":
+        from harness.decision.explain_quality import explain_quality_first
+
+        explain_quality_first(eng, d)
+        return
+    explain_weighted(eng, d)
+
+
+def explain_weighted(eng: Engine, d: Decision) -> None:
+    cl = int(round(100 * eng.cfg.confidence_level))
+    lines: list[str] = [f"Decision rule ({d.rule})."]
     rec, top = d.recommended, d.top
     by = {r["strategy"]: r for r in d.ranking}
     weights_txt = ", ".join(f"{measure(m).label} {100 * w:.0f}%" for m, w in d.weights.items())
@@ -97,6 +124,14 @@ def explain(eng: Engine, d: Decision) -> None:
             )
         other = r2 if rec == top else top
         lines.append(tradeoff(eng, rec, other))
+        table = eng.pair_table()
+        better = [s for s in by if s != rec and table.better(s, rec)]
+        if better:
+            lines.append(
+                f"Note: {', '.join(better)} {'is' if len(better) == 1 else 'are'} significantly better than "
+                f"{rec} on {plabel} (paired test, Holm); the weights put {rec} first "
+                "(decision.mode: quality_first would not)."
+            )
     for e in d.excluded:
         lines.append(f"Excluded {e['strategy']}: breaks {', '.join(e['violations'])}.")
     for m, why in d.weights_dropped.items():

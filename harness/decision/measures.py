@@ -168,3 +168,12 @@ def format_value(name: str, value: float | None, digits: int | None = None) -> s
 def known_names() -> list[str]:
     """Names accepted in ``decision.constraints`` / ``weights`` (plus strategy metrics like ``recall@5``)."""
     return [*MEASURES, "recall@<k>"]
+
+
+def natural_scale(name: str) -> tuple[float, float] | None:
+    """``(worst, best)`` for measures with a scale of their own: [0, 1] scores; ``None`` otherwise
+    (latency, cost, memory, time: the user states the scale in ``decision.scales``)."""
+    m = measure(name)
+    if m.unit != "":
+        return None
+    return (0.0, 1.0) if m.higher_is_better else (1.0, 0.0)

@@ -1,23 +1,16 @@
-"""What would change the recommendation: the nearest single tightened constraint, relaxed constraint
-or weight change that makes the engine recommend another strategy (found by re-deciding at the
-crossover points)."""
+"""What would change the recommendation: the nearest single tightened constraint, relaxed constraint,
+margin (``quality_first``) or weight change (``weighted``) that makes the engine recommend another
+strategy (found by re-deciding at the crossover points)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from harness.decision.engine import (
-    COST_KEY,
-    Constraint,
-    Decision,
-    Engine,
-    default_weights,
-    parse_constraint,
-    utility,
-)
-from harness.decision.explain import lc
-from harness.decision.measures import format_value, measure
+from harness.decision.engine import COST_KEY, Constraint, Decision, Engine, parse_constraint
+from harness.decision.explain import lc, margin_text
+from harness.decision.measures import format_value, measure, natural_scale
+from harness.decision.weighted import default_weights, utility
 
 
 def material(name: str, a: float, b: float) -> bool:
@@ -33,6 +26,7 @@ def sensitivity(eng: Engine, base: Decision) -> list[dict[str, Any]]:
     rec = base.recommended
     constraints = [parse_constraint(c) for c in base.constraints]
     weights = dict(eng.cfg.weights or default_weights(eng.primary))
+    margin = base.margin
     if rec is not None:
         names = list(
             dict.fromkeys(
@@ -46,7 +40,7 @@ def sensitivity(eng: Engine, base: Decision) -> list[dict[str, Any]]:
                 continue
             m = measure(name)
             op = ">" if m.higher_is_better else "<"
-            new = eng.decide(constraints + [Constraint(name, op, v)], weights, explain=False)
+            new = eng.decide(constraints + [Constraint(name, op, v)], weights, explain=False, margin=margin)
             vn = eng.value(new.recommended, name) if new.recommended else float("nan")
             if new.recommended and new.recommended != rec and material(name, v, vn):
                 bound = "above" if m.higher_is_better else "under"
@@ -68,7 +62,7 @@ def sensitivity(eng: Engine, base: Decision) -> list[dict[str, Any]]:
                 continue
             relaxed = Constraint(c.name, {"<": "<=", ">": ">="}.get(c.op, c.op), vs)
             trial = constraints[:i] + [relaxed] + constraints[i + 1 :]
-            new = eng.decide(trial, weights, explain=False)
+            new = eng.decide(trial, weights, explain=False, margin=margin)
             if new.recommended and new.recommended != rec:
                 out.append(
                     {
@@ -81,12 +75,17 @@ def sensitivity(eng: Engine, base: Decision) -> list[dict[str, Any]]:
                     }
                 )
     if base.ranking and len(base.ranking) > 1:
-        out.extend(weight_flips(eng, base, constraints, weights))
+        if base.mode == "weighted":
+            out.extend(weight_flips(eng, base, constraints, weights))
+        else:
+            out.extend(margin_flips(eng, base, constraints))
     if not out:
         out.append(
             {
                 "kind": "robust",
-                "text": "No single tightened constraint, relaxed constraint or weight change flips the recommendation.",
+                "text": "No single tightened constraint, relaxed constraint"
+                + (" or weight change" if base.mode == "weighted" else " or larger margin")
+                + " flips the recommendation.",
             }
         )
     return out
@@ -99,16 +98,22 @@ def weight_flips(eng: Engine, base: Decision, constraints, weights) -> list[dict
     them) and a grid from 0 to 3x the total weight (a flip can also come from a lead becoming
     significant, which has no closed form)."""
     feasible = [r["strategy"] for r in base.ranking]
-    candidates = list(dict.fromkeys(list(weights) + list(default_weights(eng.primary))))
-    candidates = [m for m in candidates if all(math.isfinite(eng.value(s, m)) for s in feasible)]
+    candidates = list(
+        dict.fromkeys(list(weights) + list(default_weights(eng.primary)) + list(eng.cfg.scales))
+    )
+    scales = {m: _scale(eng, m) for m in candidates}
+    candidates = [
+        m
+        for m in candidates
+        if scales[m] is not None and all(math.isfinite(eng.value(s, m)) for s in feasible)
+    ]
     active = {m: w for m, w in weights.items() if m in base.weights}
     total = sum(active.values()) or 1.0
     utils = {r["strategy"]: r["utilities"] for r in base.ranking}
     flips = []
     for m in candidates:
         w = active.get(m, 0.0)
-        pts = [eng.value(s, m) for s in feasible]
-        u = {s: float(utility(m, eng.value(s, m), pts)) for s in feasible}
+        u = {s: float(utility(m, eng.value(s, m), scales[m])) for s in feasible}
         rest = {s: sum(active[k] * utils[s][k] for k in active if k != m) for s in feasible}
         trials = {round(total * k / 40, 6) for k in range(0, 121)}
         for s in feasible:
@@ -147,3 +152,42 @@ def weight_flips(eng: Engine, base: Decision, constraints, weights) -> list[dict
                 break
     flips.sort(key=lambda f: f["change"])
     return flips[:4]
+
+
+def _scale(eng: Engine, name: str) -> tuple[float, float] | None:
+    if name in eng.cfg.scales:
+        worst, best = eng.cfg.scales[name]
+        return float(worst), float(best)
+    return natural_scale(name)
+
+
+def margin_flips(eng: Engine, base: Decision, constraints) -> list[dict[str, Any]]:
+    """quality_first: the smallest larger ``decision.margin`` at which a cheaper strategy, not
+    significantly worse than any feasible one, would tie with the leader and be recommended."""
+    out = []
+    p = eng.primary
+    rec_cost = eng.cost_key(base.recommended) if base.recommended else None
+    for c in base.lead:
+        s = c["vs"]
+        if not c.get("in_pool") or s in base.tie_set or rec_cost is None or eng.cost_key(s) >= rec_cost:
+            continue
+        needed = c["high"]  # the leader's lead over s, upper bound: s - leader >= -needed
+        if not math.isfinite(needed) or needed <= base.margin:
+            continue
+        trial = needed * 1.0001 + 1e-9
+        new = eng.decide(constraints, explain=False, margin=trial)
+        if new.recommended and new.recommended != base.recommended:
+            out.append(
+                {
+                    "kind": "margin",
+                    "measure": p,
+                    "threshold": needed,
+                    "winner": new.recommended,
+                    "text": f"{new.recommended} would be recommended if decision.margin were "
+                    f"{margin_text(p, needed)} or more instead of {margin_text(p, base.margin)} "
+                    f"(it is cheaper; the {int(round(100 * eng.cfg.confidence_level))}% lower bound of {s} − {base.top} on "
+                    f"{lc(measure(p).label)} is {margin_text(p, -needed)}).",
+                }
+            )
+    out.sort(key=lambda n: n["threshold"])
+    return out[:2]

@@ -6,7 +6,10 @@
 * ``paired_comparison``: strategies answered the *same* examples, so they are compared on
   per-example differences: the mean difference, its paired-bootstrap CI (the same resampled
   indices for both strategies) and a two-sided sign-flip permutation test (``scipy.stats.permutation_test``
-  with ``permutation_type='samples'``) for the p-value.
+  with ``permutation_type='samples'``) for the p-value of a continuous metric, the exact McNemar test
+  (``statsmodels``) for a binary (0/1) one.
+* ``family``: the one test family of the report and the decision: every pair of strategies on one
+  metric, Holm-adjusted across the pairs.
 * ``holm``: Holm-Bonferroni adjustment across a family of comparisons (``statsmodels``); ``holm_fast``
   is the same step-down in numpy, used in the report (statsmodels runs a full ``gc.collect()`` per call)
   and checked against ``holm`` in the tests.
@@ -57,6 +60,7 @@ class Comparison:
     n: int
     p_adjusted: float | None = None
     significant: bool | None = None
+    test: str = "sign-flip"  # or "mcnemar" (binary metrics)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -146,10 +150,31 @@ def sign_flip_p_value(diffs: np.ndarray, *, resamples: int = 10000, seed: int = 
     return float(min(1.0, res.pvalue))
 
 
+def mcnemar_p_value(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant pairs: ``b`` examples only the first
+    strategy got right, ``c`` only the second (a binomial test of b against b + c at 1/2)."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    if b + c == 0:
+        return 1.0
+    return float(min(1.0, mcnemar([[0, int(b)], [int(c), 0]], exact=True).pvalue))
+
+
+def is_binary(*arrays: np.ndarray) -> bool:
+    """Every finite value is 0 or 1."""
+    for a in arrays:
+        x = np.asarray(a, dtype=float)
+        x = x[np.isfinite(x)]
+        if x.size and not np.all((x == 0) | (x == 1)):
+            return False
+    return True
+
+
 def paired_comparison(
     a: np.ndarray | list[float],
     b: np.ndarray | list[float],
     *,
+    binary: bool = False,
     a_name: str = "a",
     b_name: str = "b",
     metric: str = "",
@@ -158,14 +183,57 @@ def paired_comparison(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> Comparison:
-    """Mean of ``a - b`` over examples both have, paired-bootstrap CI and sign-flip permutation p."""
+    """Mean of ``a - b`` over examples both have, its paired-bootstrap CI, and the p-value of the exact
+    McNemar test (``binary``: 0/1 values) or of the sign-flip permutation test (continuous)."""
+    test = "mcnemar" if binary else "sign-flip"
     d = _paired(a, b)
     if d.size == 0:
         nan = float("nan")
-        return Comparison(a_name, b_name, metric, nan, nan, nan, 1.0, 0)
+        return Comparison(a_name, b_name, metric, nan, nan, nan, 1.0, 0, test=test)
     ci = bootstrap_ci(d, resamples=resamples, seed=seed, confidence=confidence)
-    p = sign_flip_p_value(d, resamples=permutation_resamples, seed=seed)
-    return Comparison(a_name, b_name, metric, ci.estimate, ci.low, ci.high, p, int(d.size))
+    if binary:
+        p = mcnemar_p_value(int(np.sum(d > 0)), int(np.sum(d < 0)))
+    else:
+        p = sign_flip_p_value(d, resamples=permutation_resamples, seed=seed)
+    return Comparison(a_name, b_name, metric, ci.estimate, ci.low, ci.high, p, int(d.size), test=test)
+
+
+def family(
+    arrays: dict[str, np.ndarray],
+    metric: str,
+    *,
+    binary: bool = False,
+    resamples: int = 1000,
+    permutation_resamples: int = 10000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> list[Comparison]:
+    """Every pair of strategies (in the given order, ``a`` before ``b``) on one metric's per-example
+    values, Holm-adjusted across the pairs. ``binary`` picks McNemar and needs every value 0 or 1."""
+    ids = list(arrays)
+    binary = binary and is_binary(*arrays.values())
+    cmps = []
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            xa, xb = np.asarray(arrays[a], dtype=float), np.asarray(arrays[b], dtype=float)
+            if not np.isfinite(xa - xb).any():
+                continue
+            cmps.append(
+                paired_comparison(
+                    xa,
+                    xb,
+                    binary=binary,
+                    a_name=a,
+                    b_name=b,
+                    metric=metric,
+                    resamples=resamples,
+                    permutation_resamples=permutation_resamples,
+                    seed=seed,
+                    confidence=confidence,
+                )
+            )
+    return adjust(cmps, alpha)
 
 
 def bootstrap_p_value(diff_samples: np.ndarray) -> float:

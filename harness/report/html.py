@@ -16,7 +16,9 @@ import jinja2
 import harness.report.charts as charts
 from harness.decision.analysis import Analysis
 from harness.decision.engine import Decision, parse_constraint
+from harness.decision.explain import margin_text
 from harness.decision.measures import MEASURES, format_value, measure
+from harness.decision.weighted import scale_for
 from harness.report.text import ci_text
 from harness.report.text import finite as _finite
 
@@ -309,6 +311,9 @@ def _comparisons(an: Analysis) -> list[dict[str, Any]]:
                     "b": c["b"],
                     "diff": f"{100 * c['diff']:+.1f} pts",
                     "ci": f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f}",
+                    "test": {"mcnemar": "McNemar (exact)", "sign-flip": "sign-flip"}.get(
+                        c.get("test", "sign-flip"), c.get("test")
+                    ),
                     "p": f"{c['p_value']:.3g}",
                     "p_adj": f"{c['p_adjusted']:.3g}",
                     "significant": c["significant"],
@@ -331,6 +336,11 @@ def build_view(an: Analysis, d: Decision) -> dict[str, Any]:
         for i, (s, sd) in enumerate(an.strategies.items())
     ]
     weights = [{"label": measure(m).label, "share": f"{100 * w:.0f}%"} for m, w in d.weights.items()]
+    scales = [
+        {"label": measure(m).label, "worst": format_value(m, lo), "best": format_value(m, hi)}
+        for m in d.weights
+        for lo, hi in [scale_for(an.decision_cfg.scales, m)]
+    ]
     return {
         "run_name": an.run_name,
         "manifest": manifest,
@@ -341,6 +351,8 @@ def build_view(an: Analysis, d: Decision) -> dict[str, Any]:
         "primary_label": measure(an.primary).label,
         "decision": d,
         "weights": weights,
+        "scales": scales,
+        "margin_text": margin_text(an.primary, d.margin),
         "strategies": strategies,
         "table": _table(an, d),
         "charts": _charts(an),

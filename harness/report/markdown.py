@@ -23,22 +23,24 @@ def summary_markdown(an: Analysis, d: Decision) -> str:
         m for m in ("semantic_similarity", "coherence", "faithfulness") if m in an.quality and m != p
     ]
     lines = [f"## adaptbench · {_md(an.run_name)}", "", f"**{_md(d.headline)}**", "", _md(d.detail), ""]
+    lines += [f"Decision mode: `{d.mode}` ({_md(d.rule)}).", ""]
     if d.confidence is not None:
         lines.append(
             f"Confidence: {d.confidence_label} ({100 * d.confidence:.0f}% of bootstrap resamples rank {_md(d.top)} first)."
         )
         lines.append("")
+    weighted = d.mode == "weighted"
     head = (
-        ["strategy", "score"]
+        ["strategy", "score" if weighted else "rank"]
         + [measure(m).label for m in cols]
         + ["p95 latency", "cost / 1k queries", "setup"]
     )
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
-    score = {r["strategy"]: r["score"] for r in d.ranking}
+    score = {r["strategy"]: (f"{r['score']:.3f}" if weighted else str(r["rank"])) for r in d.ranking}
     for s in an.strategies:
         cells = [f"**{_md(s)}**" if s == d.recommended else _md(s)]
-        cells.append(f"{score[s]:.3f}" if s in score else "excluded")
+        cells.append(score.get(s, "excluded"))
         for m in cols:
             iv = an.ci[s].get(m)
             ci = ci_text(m, iv)
