@@ -53,7 +53,7 @@ STOPWORDS = frozenset(
 NEGATIONS = frozenset("not no never none nobody nothing neither nor cannot".split())
 _NT = re.compile(r"n['\u2019]t\b", re.IGNORECASE)
 _CANNOT = re.compile(r"\bcannot\b", re.IGNORECASE)
-_WORD = re.compile(r"[^\W\d_]+")
+_WORD = re.compile(r"[^\W_]+")  # letter/digit runs, split as lenient_tokens splits
 
 
 def _fold(token: str) -> str:
@@ -115,7 +115,7 @@ def lexical(prediction: str, contexts: list[str]) -> tuple[float, list[str]]:
     ctx_sentences = [s for c in contexts for s in split_sentences(c)]
     ctx = {
         "numbers": numbers(joined),
-        "words": set(words(joined)),
+        "words": set(words(joined)) | {w.lower() for w in _WORD.findall(joined)},
         "content": set(content_tokens(joined)),
     }
     results = [sentence_support(s, ctx_sentences, ctx) for s in sentences]
