@@ -36,7 +36,9 @@ SPEC = MetricSpec(
     needs=frozenset({"questions", "backend", "embedding_model", "scoring"}),
     description=__doc__,
 )
-DIAGNOSTICS = ("perplexity", "fluency", "consistency", "repetition", "compression")
+# Recorded per example in scores.json; "compression" is returned but not recorded, because the
+# analysis (harness/decision/analysis.py SKIP_PER_EXAMPLE) would otherwise treat it as a score.
+DIAGNOSTICS = ("perplexity", "fluency", "consistency", "repetition")
 
 REPEAT_COSINE = 0.95
 RELATED_COSINE = 0.15

@@ -19,8 +19,8 @@ mean, so evasive answers would raise a strategy's score.
 
 With ``scoring.nli_model`` (a local NLI cross-encoder, see ``harness.scoring.nli``) the score is
 instead min over content sentences of P(entailment | premise = the joined contexts, hypothesis = the
-sentence); the lexical value is kept as the ``lexical_support`` diagnostic and the NLI one as
-``nli_entailment``. Content-free answers still score 0.0.
+sentence); the metric's output also returns ``lexical_support`` and ``nli_entailment`` (not recorded in
+scores.json, where the analysis would read them as scores). Content-free answers still score 0.0.
 """
 
 import re
@@ -41,7 +41,6 @@ SPEC = MetricSpec(
         "0 for content-free answers; optional NLI entailment (scoring.nli_model)."
     ),
 )
-DIAGNOSTICS = ("lexical_support", "nli_entailment")
 
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with from as into about than then so is are was were be
