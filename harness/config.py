@@ -150,6 +150,11 @@ class ScoringConfig(StrictModel):
     )
     style_tag: str = Field("style", description="examples with this tag get a style_adherence score")
     perplexity_batch_size: int = Field(8, gt=0)
+    nli_model: str | None = Field(
+        None,
+        description="local HF NLI sequence-classification model folder; set = faithfulness is the min "
+        "entailment probability of context => answer sentence (null = the lexical definition)",
+    )
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
 

@@ -51,6 +51,8 @@ def run_parity(tmp: Path, model_dir: Path | None = None) -> dict[str, Any]:
             "coherence",
             "style_adherence",
             "faithfulness",
+            "fact_recall",
+            "fact_accuracy",
             "recall_at_k",
             "mrr",
         ],

@@ -89,12 +89,15 @@ def test_shipped_specs_and_default_list():
         "coherence",
         "style_adherence",
         "faithfulness",
+        "fact_recall",
+        "fact_accuracy",
         "recall_at_k",
         "mrr",
     ]
     assert specs["judge_score"].default is False
     assert specs["exact_match"].binary and specs["style_adherence"].tag_option == "style_tag"
-    assert specs["faithfulness"].needs == {"contexts"}
+    assert specs["faithfulness"].needs == {"contexts", "scoring"}
+    assert specs["fact_accuracy"].binary and specs["fact_recall"].needs == {"facts"}
     assert specs["recall_at_k"].label == "recall@k"
     for name, spec in specs.items():
         assert (spec.path / f"{name}.py").is_file()

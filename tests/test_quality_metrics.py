@@ -42,24 +42,22 @@ def test_coherence_components():
     assert out["fluency"][0] == pytest.approx(1 - math.log(10) / math.log(49152))
 
 
-def test_style_adherence_derives_house_markers_from_references():
+def test_style_adherence_checks_the_house_style_rules():
     refs = [
-        "Hi there! Phone support is open Monday to Friday. — Care Team",
-        "Hi there! Returns are free within 60 days. — Care Team",
-        "Hi there! The charger is included. — Care Team",
-    ]
+        "Hi there! Returns are free within 60 days at nimbuscycles.com/returns. \u2014 Nimbus Care Team"
+    ] * 3
     out = load_metric("style_adherence").compute(
         predictions=[
-            "Hi there! Phone support runs on weekdays. — Care Team",
-            "Phone support runs on weekdays.",
-            "Hi there! Yes, a charger comes in the box. — Care Team",
+            "Hi there! You can return it within 60 days at nimbuscycles.com/returns. \u2014 Nimbus Care Team",
+            "Returns are free within 60 days.",
+            "",
         ],
         references=refs,
     )
-    assert out["markers"] == {"opening": "hi there", "closing": "care team"}
-    on_style, off_style, on_style2 = out["scores"]
-    assert on_style > off_style and on_style2 > off_style
-    assert out["checks"][1] == {"opening": False, "closing": False, "length": True}
+    on_style, off_style, empty = out["scores"]
+    assert on_style > off_style > empty == 0.0
+    assert all(out["checks"][0].values()) and out["rules"][0] == 1.0
+    assert out["checks"][1]["greeting"] is False and out["checks"][1]["sign_off"] is False
 
 
 def _rec(eid, pred, ref, tags, latency=0.1):
@@ -89,8 +87,8 @@ def test_score_records_model_metrics_apply_per_tag():
     recs = [
         _rec(
             "a",
-            "Hi there! We are open daily. — Care Team",
-            "Hi there! Open every day. — Care Team",
+            "Hi there! We are open daily. \u2014 Nimbus Care Team",
+            "Hi there! Open every day. \u2014 Nimbus Care Team",
             ["style"],
         ),
         _rec("b", "540 Wh", "540 Wh.", ["knowledge"]),

@@ -34,6 +34,9 @@ RECORD_INPUTS = {
     "retrieved_ids": "retrieved_ids",
     "context_ids": "context_ids",
     "tags": "tags",
+    # {"must_include": [...], "must_not_include": [...]}: the example's key facts. Prediction records do
+    # not carry them; the scorer attaches them from the eval set by example id (see score.attach_facts).
+    "facts": "facts",
 }
 # Run-level inputs the scorer provides.
 RUN_INPUTS = frozenset({"backend", "embedding_model", "scoring"})
@@ -49,6 +52,8 @@ SHIPPED_ORDER = (
     "coherence",
     "style_adherence",
     "faithfulness",
+    "fact_recall",
+    "fact_accuracy",
     "recall_at_k",
     "mrr",
     "judge_score",

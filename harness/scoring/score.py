@@ -6,6 +6,13 @@ inputs (``backend``, ``embedding_model``, ``scoring``). A record lacking a recor
 (no ``contexts`` for faithfulness, no ``retrieved_ids`` for recall@k), or lacking the tag named by
 ``tag_option``, gets ``None`` for that metric: not applicable, left out of every mean.
 
+Key facts (``facts``): prediction records do not carry the eval set's ``must_include`` /
+``must_not_include``, so the scorer attaches them by ``example_id`` (``attach_facts``): ``score_run``
+reads them from the run's eval set (only when a configured metric needs ``facts``) and passes them as
+``ScoringInputs.facts``; a record that already has a ``facts`` field, or ``must_include`` /
+``must_not_include`` fields of its own, keeps those. Examples with neither field get no ``facts``, so
+the fact metrics score them ``None``.
+
 ``scores.json`` holds per-example scores and diagnostics only; every aggregate (means, confidence
 intervals, per-tag breakdowns) is computed by the analysis over the examples all strategies answered.
 """
@@ -46,6 +53,7 @@ class ScoringInputs:
 
     backend: Any = None
     scoring: ScoringConfig | None = None
+    facts: dict[str, dict[str, Any]] | None = None  # example id -> {"must_include", "must_not_include"}
 
     def value(self, need: str) -> Any:
         scoring = self.scoring or ScoringConfig()
@@ -56,6 +64,32 @@ class ScoringInputs:
         if need == "scoring":
             return scoring
         raise KeyError(need)
+
+
+def _facts_of(row: dict[str, Any]) -> dict[str, Any] | None:
+    include, exclude = row.get("must_include"), row.get("must_not_include")
+    if not include and not exclude:
+        return None
+    return {"must_include": list(include or []), "must_not_include": list(exclude or [])}
+
+
+def attach_facts(records: list[dict[str, Any]], facts: dict[str, dict[str, Any]] | None) -> list[dict]:
+    """Records with a ``facts`` field where their example has key facts (see the module docstring)."""
+    out = []
+    for r in records:
+        found = r.get("facts") or _facts_of(r) or _facts_of((facts or {}).get(r["example_id"]) or {})
+        out.append({**r, "facts": found} if found else r)
+    return out
+
+
+def eval_set_facts(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """example id -> key facts of the run's eval-set split (examples without facts are left out)."""
+    from harness.data import load_eval_set
+
+    ds = load_eval_set(config.eval_set.path).split(config.eval_set.split)
+    if "must_include" not in ds.column_names and "must_not_include" not in ds.column_names:
+        return {}
+    return {row["id"]: f for row in ds if (f := _facts_of(row))}
 
 
 def applies(spec: MetricSpec, record: dict[str, Any], scoring: ScoringConfig) -> bool:
@@ -123,7 +157,7 @@ def score_records(
     """Per-example scores (and diagnostics, e.g. coherence's perplexity) of one strategy's records,
     keyed by example id, plus its latency summary."""
     inputs = inputs or ScoringInputs()
-    records = sorted(records, key=lambda r: r["example_id"])
+    records = attach_facts(sorted(records, key=lambda r: r["example_id"]), inputs.facts)
     per: dict[str, list[float | None]] = {}
     diagnostics: dict[str, list[Any]] = {}
     for name in metrics:
@@ -167,6 +201,8 @@ def score_run(
     if "judge_score" in config.metrics:
         result["judge"] = config.scoring.judge.model_dump()
     inputs = ScoringInputs(backend=backend, scoring=config.scoring)
+    if any("facts" in get_metric(m).needs for m in config.metrics):
+        inputs.facts = eval_set_facts(config)
     for sid in order:
         scored = score_records(config.metrics, preds.for_strategy(sid), inputs)
         info = manifest.get("strategies", {}).get(sid, {})

@@ -2,19 +2,23 @@
 
 A model that answers "Sure! The return window is 45 days from delivery, as stated..." gets full
 credit for the fact even though exact match is 0 and F1 is diluted by the extra words.
+
+Normaliser: ``harness.scoring.normalize.lenient_tokens`` (punctuation becomes a space, so ``e-bike``
+gives ``e bike`` and ``45-days`` gives ``45 days``; articles removed) -- deliberately *not* the SQuAD
+one, which deletes punctuation and would glue ``3.4.0`` into ``340``. 1.0 when both sides are empty.
 """
 
 from collections import Counter
 
 from harness.scoring import base
-from harness.scoring.normalize import tokens
+from harness.scoring.normalize import lenient_tokens as tokens
 from harness.scoring.registry import MetricSpec
 
 SPEC = MetricSpec(
     name="answer_recall",
     label="Answer recall",
     needs=frozenset({"references"}),
-    description="Recall of normalised reference tokens in the prediction (multiset overlap / reference length).",
+    description="Recall of normalised reference tokens in the prediction (multiset overlap / reference length), lenient normalisation (punctuation -> space).",
 )
 
 

@@ -1,4 +1,6 @@
-"""Exact match after SQuAD-style normalisation (case, punctuation, articles, whitespace)."""
+"""Exact match, the official SQuAD v1.1 definition: 1.0 when ``normalize_answer(prediction) ==
+normalize_answer(reference)`` (lower-case, ASCII punctuation deleted, articles removed, whitespace
+collapsed; see ``harness.scoring.normalize``), else 0.0. Two empty strings match (1.0)."""
 
 from harness.scoring import base
 from harness.scoring.normalize import normalize_answer
@@ -9,9 +11,9 @@ SPEC = MetricSpec(
     label="Exact match",
     binary=True,
     needs=frozenset({"references"}),
-    description="1.0 when the normalised prediction equals the normalised reference, else 0.0.",
+    description="Official SQuAD v1.1 exact match: 1.0 when the normalised prediction equals the normalised reference.",
 )
-CITATION = "Rajpurkar et al. 2016 (SQuAD)"
+CITATION = "Rajpurkar et al. 2016 (SQuAD), evaluate-v1.1.py"
 
 
 def score(predictions: list[str], references: list[str]) -> list[float]:
