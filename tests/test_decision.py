@@ -177,7 +177,7 @@ def test_sensitivity_names_the_flipping_constraint_and_weight():
     notes = sensitivity(eng, d)
     lat = next(n for n in notes if n["kind"] == "constraint" and n["measure"] == "latency_p95_ms")
     assert lat["winner"] == "prompt" and lat["threshold"] == pytest.approx(120.0)
-    assert lat["text"].startswith("prompt would be recommended if p95 latency had to be under 120 ms")
+    assert lat["text"].startswith("prompt would be recommended if p95 request latency had to be under 120 ms")
     mem = next(n for n in notes if n["kind"] == "constraint" and n["measure"] == "peak_memory_gb")
     assert mem["winner"] == "prompt"
     weight = next(n for n in notes if n["kind"] == "weight" and n["measure"] == "latency_p95_ms")

@@ -97,7 +97,7 @@ def test_summary_and_scores_csv(run_dir):
     assert "| **rag** |" in summary and "| strategy | rank | Token F1 |" in summary
     df = pd.read_csv(run_dir / "scores.csv")
     assert len(df) == 3 * 40 and set(df["strategy"]) == {"prompt", "rag", "qlora"}
-    assert {"example_id", "tags", "token_f1", "semantic_similarity", "coherence", "latency_ms"} <= set(
+    assert {"example_id", "tags", "token_f1", "semantic_similarity", "coherence", "batch_share_ms"} <= set(
         df.columns
     )
     # Per-example scores match scores.json; style adherence only where tagged style.
@@ -121,7 +121,13 @@ def test_cli_report_rerenders_from_files_alone_and_is_deterministic(tmp_path):
     assert "Recommendation: rag — best on Token F1" in res.output
     first = {n: (run / n).read_bytes() for n in ("report.html", "summary.md", "scores.csv", "decision.json")}
     for path in run.iterdir():
-        if path.name not in ("scores.json", "predictions.jsonl", "manifest.json", "config.yaml"):
+        if path.name not in (
+            "scores.json",
+            "predictions.jsonl",
+            "latency.jsonl",
+            "manifest.json",
+            "config.yaml",
+        ):
             path.unlink()
     res = CliRunner().invoke(main, ["report", str(run)])
     assert res.exit_code == 0, res.output
@@ -283,6 +289,6 @@ def test_weighted_mode_report_states_mode_weights_and_scales(tmp_path):
     record = json.loads((run / "decision.json").read_text())
     assert record["decision"]["mode"] == "weighted" and record["decision"]["rule"].startswith("weighted:")
     assert record["settings"]["scales"] == {"latency_p95_ms": [2000.0, 200.0]}
-    assert "Mode: <code>weighted</code>" in html and "p95 latency 2,000 ms → 200 ms" in html
+    assert "Mode: <code>weighted</code>" in html and "p95 request latency 2,000 ms → 200 ms" in html
     assert "on the weighted score" in html and "weighted score" in html
     assert "| strategy | score |" in (run / "summary.md").read_text()

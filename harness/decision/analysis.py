@@ -36,7 +36,14 @@ from harness.scoring.registry import available_metrics
 
 GB, MB = 1e9, 1e6
 CPU_PRICE_PER_HOUR, GPU_PRICE_PER_HOUR = 0.10, 2.50
-SKIP_PER_EXAMPLE = {"perplexity", "fluency", "consistency", "repetition"}  # diagnostics, not scores
+# Per-example arrays the analysis derives itself (not scores, not diagnostics).
+DERIVED = ("pass_ms", "new_tokens", "serving_cost_per_1k_usd", "total_cost_per_1k_usd")
+PROBE_SERIES = ("e2e_ms", "ttft_ms", "tpot_ms")
+
+
+def is_metric(name: str) -> bool:
+    """A registered metric's score; any other per-example number in scores.json is a diagnostic."""
+    return name in available_metrics()
 
 
 @dataclass
@@ -46,6 +53,7 @@ class StrategyData:
     consts: dict[str, float]  # one number per strategy (costs)
     notes: list[str] = field(default_factory=list)
     training: dict[str, Any] | None = None  # loss curves etc.
+    probe: dict[str, np.ndarray] = field(default_factory=dict)  # latency probe series over shared rounds
 
 
 @dataclass
@@ -142,11 +150,15 @@ def measure_samples(m: Measure, sd: StrategyData, idx: np.ndarray) -> np.ndarray
     """Values of measure ``m`` for each row of ``idx`` (a row = one resample of example indices)."""
     if m.kind == "const":
         return np.full(idx.shape[0], sd.consts.get(m.name, np.nan))
-    if m.kind == "percentile":
-        return nanpercentile(m.percentile or 50)(sd.arrays["latency_ms"][idx], axis=-1)
+    if m.kind == "probe":  # ``idx`` resamples probe rounds here, not examples
+        series = sd.probe.get(m.source)
+        if series is None or series.size == 0:
+            return np.full(idx.shape[0], np.nan)
+        stat = nanmean if m.percentile is None else nanpercentile(m.percentile)
+        return stat(series[idx], axis=-1)
     if m.kind == "ratio":
         tok = sd.arrays["new_tokens"][idx].sum(axis=-1)
-        sec = sd.arrays["latency_ms"][idx].sum(axis=-1) / 1000.0
+        sec = sd.arrays["pass_ms"][idx].sum(axis=-1) / 1000.0
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(sec > 0, tok / sec, np.nan)
     arr = sd.arrays.get(m.name)
@@ -162,18 +174,12 @@ def _strategy_data(
     names: set[str] = set()
     for eid in example_ids:
         names.update(k for k, v in (per.get(eid) or {}).items() if _finite(v) or v is None)
-    names -= SKIP_PER_EXAMPLE
+    # Scores and diagnostics alike; sorted, so scores.csv columns do not depend on the hash seed.
     arrays = {n: np.array([_f((per.get(e) or {}).get(n)) for e in example_ids]) for n in sorted(names)}
-    for key in sorted(
-        SKIP_PER_EXAMPLE
-    ):  # a set: sorted, so scores.csv columns do not depend on the hash seed
-        if any(key in (per.get(e) or {}) for e in example_ids):
-            arrays[key] = np.array([_f((per.get(e) or {}).get(key)) for e in example_ids])
     recs = [preds.get((sid, e)) or {} for e in example_ids]
-    latency_s = np.array([_f(r.get("latency_s")) for r in recs])
-    arrays["latency_ms"] = latency_s * 1000.0
+    latency_s = np.array([_f(r.get("latency_s")) for r in recs])  # share of its batch's wall time
+    arrays["pass_ms"] = latency_s * 1000.0
     arrays["new_tokens"] = np.array([_f(r.get("new_tokens")) for r in recs])
-    arrays["latency_mean_ms"] = arrays["latency_ms"]
     cost = dict(entry.get("cost") or {})
     train_s = _f(cost.get("train_seconds"))
     index_s = _f(cost.get("index_build_seconds"))
@@ -206,6 +212,28 @@ def _strategy_data(
         notes=notes,
         training=training_curves(run_dir, sid, cost),
     )
+
+
+def attach_probe(run_dir: Path, sdata: dict[str, StrategyData]) -> list[int]:
+    """Load ``latency.jsonl`` into each strategy's ``probe`` series over the rounds every strategy has
+    (requests are paired by round: the same example, sent back to back). Returns those rounds."""
+    from harness.latency import LATENCY_FILE
+
+    path = run_dir / LATENCY_FILE
+    if not path.is_file():
+        return []
+    by: dict[str, dict[int, dict[str, Any]]] = {}
+    for rec in load_predictions(path):  # the same torn-line-tolerant JSONL reader
+        if rec.get("strategy") in sdata and isinstance(rec.get("round"), int):
+            by.setdefault(rec["strategy"], {})[rec["round"]] = rec
+    if set(by) != set(sdata):
+        return []
+    rounds = sorted(set.intersection(*(set(v) for v in by.values())))
+    for sid, sd in sdata.items():
+        for series in PROBE_SERIES:
+            key = series.replace("_ms", "_s")
+            sd.probe[series] = np.array([_f(by[sid][r].get(key)) * 1000.0 for r in rounds])
+    return rounds
 
 
 def analyze(run_dir: Path, decision_overrides: dict[str, Any] | None = None) -> Analysis:
@@ -254,21 +282,16 @@ def analyze(run_dir: Path, decision_overrides: dict[str, Any] | None = None) -> 
     metric_list = list(scores.get("metrics") or [primary])
     quality = [m for m in metric_list if any(m in sd.arrays for sd in sdata.values())]
     extra_q = sorted(
-        {
-            n
-            for sd in sdata.values()
-            for n in sd.arrays
-            if n not in quality
-            and n not in MEASURES.keys() - QUALITY_METRICS.keys()
-            and n not in SKIP_PER_EXAMPLE
-            and n not in ("latency_ms", "new_tokens")
-        },
+        {n for sd in sdata.values() for n in sd.arrays if n not in quality and is_metric(n)},
         key=lambda n: (n not in QUALITY_METRICS, n),
     )
     quality += extra_q
     cl = decision_cfg.confidence_level
     idx = bootstrap_indices(len(common), decision_cfg.bootstrap_resamples, _seed(manifest))
     names = quality + [n for n in MEASURES if MEASURES[n].group != "quality"]
+    rounds = attach_probe(run_dir, sdata)
+    probe_full = np.arange(len(rounds))[None, :]
+    probe_idx = bootstrap_indices(len(rounds), decision_cfg.bootstrap_resamples, _seed(manifest) + 1)
     point: dict[str, dict[str, float]] = {}
     boot: dict[str, dict[str, np.ndarray]] = {}
     ci: dict[str, dict[str, Interval]] = {}
@@ -277,11 +300,15 @@ def analyze(run_dir: Path, decision_overrides: dict[str, Any] | None = None) -> 
         point[sid], boot[sid], ci[sid] = {}, {}, {}
         for n in names:
             m = measure(n)
-            est = float(measure_samples(m, sd, full)[0]) if common else float("nan")
-            samples = measure_samples(m, sd, idx) if common else np.array([])
+            one, many, have = (probe_full, probe_idx, rounds) if m.kind == "probe" else (full, idx, common)
+            est = float(measure_samples(m, sd, one)[0]) if have else float("nan")
+            samples = measure_samples(m, sd, many) if have else np.full(idx.shape[0], np.nan)
             point[sid][n] = est
             boot[sid][n] = samples
-            valid = int(np.isfinite(sd.arrays[n]).sum()) if n in sd.arrays else len(common)
+            if m.kind == "probe":
+                valid = int(np.isfinite(sd.probe.get(m.source, np.array([]))).sum())
+            else:
+                valid = int(np.isfinite(sd.arrays[n]).sum()) if n in sd.arrays else len(common)
             if m.kind == "const":
                 ci[sid][n] = Interval(est, est, est, valid)
             else:

@@ -6,8 +6,9 @@ label, unit and direction, so a new metric is a measure without touching this fi
 
 Kinds:
 * ``mean``: mean over examples of a per-example value (quality metrics, serving cost);
-* ``percentile``: a percentile of per-example latency;
-* ``ratio``: generated tokens / generation seconds over the (resampled) examples;
+* ``probe``: a percentile (or the mean) of the latency probe's single requests (``latency.jsonl``:
+  end-to-end, time to first token, time per output token) — what one user waits;
+* ``ratio``: generated tokens / wall seconds of the batched evaluation pass (throughput);
 * ``const``: one measured number per strategy (training time, memory, sizes on disk).
 """
 
@@ -27,11 +28,12 @@ class Measure:
     label: str
     unit: str  # "" for [0, 1] scores shown as percentages
     higher_is_better: bool
-    kind: Literal["mean", "percentile", "ratio", "const"]
+    kind: Literal["mean", "probe", "ratio", "const"]
     group: Literal["quality", "latency", "cost"]
     floor: float = 0.0  # for cost-type utilities: values below this count as this (no divide-by-zero)
-    percentile: float | None = None
+    percentile: float | None = None  # probe measures: None = the mean
     description: str = ""
+    source: str = ""  # probe measures: which per-request series (e2e_ms, ttft_ms, tpot_ms)
 
 
 def metric_measure(spec: MetricSpec) -> Measure:
@@ -78,17 +80,57 @@ QUALITY_METRICS: Mapping[str, str] = _QualityMetrics()
 MEASURES = _Measures({})
 MEASURES.update(
     {
-        "latency_mean_ms": Measure("latency_mean_ms", "Mean latency", "ms", False, "mean", "latency", 1.0),
-        "latency_p50_ms": Measure(
-            "latency_p50_ms", "p50 latency", "ms", False, "percentile", "latency", 1.0, 50
+        **{
+            f"latency_{stat}_ms": Measure(
+                f"latency_{stat}_ms",
+                f"{stat} request latency",
+                "ms",
+                False,
+                "probe",
+                "latency",
+                1.0,
+                q,
+                "end-to-end time of one request through the strategy's whole pipeline (latency probe)",
+                "e2e_ms",
+            )
+            for stat, q in (("mean", None), ("p50", 50), ("p95", 95), ("p99", 99))
+        },
+        **{
+            f"ttft_{stat}_ms": Measure(
+                f"ttft_{stat}_ms",
+                f"{stat} time to first token",
+                "ms",
+                False,
+                "probe",
+                "latency",
+                1.0,
+                q,
+                "from request to the first generated token, retrieval and prompt building included",
+                "ttft_ms",
+            )
+            for stat, q in (("p50", 50), ("p95", 95))
+        },
+        "tpot_mean_ms": Measure(
+            "tpot_mean_ms",
+            "Time per output token",
+            "ms",
+            False,
+            "probe",
+            "latency",
+            0.001,
+            None,
+            "mean time per generated token after the first (latency probe)",
+            "tpot_ms",
         ),
-        "latency_p95_ms": Measure(
-            "latency_p95_ms", "p95 latency", "ms", False, "percentile", "latency", 1.0, 95
+        "tokens_per_s": Measure(
+            "tokens_per_s",
+            "Throughput (batched pass)",
+            "tok/s",
+            True,
+            "ratio",
+            "latency",
+            description="generated tokens / wall time of the batched evaluation pass",
         ),
-        "latency_p99_ms": Measure(
-            "latency_p99_ms", "p99 latency", "ms", False, "percentile", "latency", 1.0, 99
-        ),
-        "tokens_per_s": Measure("tokens_per_s", "Throughput", "tok/s", True, "ratio", "latency"),
         "batch_seconds": Measure("batch_seconds", "Time per batch", "s", False, "const", "latency", 0.001),
         "serving_cost_per_1k_usd": Measure(
             "serving_cost_per_1k_usd",
@@ -98,7 +140,7 @@ MEASURES.update(
             "mean",
             "cost",
             0.0001,
-            description="measured seconds per query x 1,000 x hardware price per hour / 3,600",
+            description="seconds per query in the batched pass x 1,000 x hardware price per hour / 3,600",
         ),
         "total_cost_per_1k_usd": Measure(
             "total_cost_per_1k_usd",

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.decision.analysis import SKIP_PER_EXAMPLE, Analysis
+from harness.decision.analysis import DERIVED, Analysis, is_metric
 from harness.decision.engine import Decision
 from harness.report.text import finite
 
@@ -17,20 +17,9 @@ def scores_frame(an: Analysis) -> pd.DataFrame:
     """One row per (strategy, example): tags, every per-example score, latency and tokens."""
     rows = []
     for s, sd in an.strategies.items():
-        names = [
-            n
-            for n in sd.arrays
-            if n
-            not in (
-                "latency_ms",
-                "latency_mean_ms",
-                "new_tokens",
-                "serving_cost_per_1k_usd",
-                "total_cost_per_1k_usd",
-            )
-        ]
+        names = [n for n in sd.arrays if n not in DERIVED]
         quality = [n for n in an.quality if n in names]
-        diag = [n for n in names if n in SKIP_PER_EXAMPLE]
+        diag = [n for n in names if not is_metric(n)]
         others = [n for n in names if n not in quality and n not in diag]
         for i, ex in enumerate(an.examples):
             rec = an.predictions.get((s, ex["id"])) or {}
@@ -38,9 +27,8 @@ def scores_frame(an: Analysis) -> pd.DataFrame:
             for n in quality + others + diag:
                 v = sd.arrays[n][i]
                 row[n] = float(v) if np.isfinite(v) else None
-            row["latency_ms"] = (
-                float(sd.arrays["latency_ms"][i]) if np.isfinite(sd.arrays["latency_ms"][i]) else None
-            )
+            share = sd.arrays["pass_ms"][i]  # the example's share of its batch's wall time (not latency)
+            row["batch_share_ms"] = float(share) if np.isfinite(share) else None
             row["new_tokens"] = rec.get("new_tokens")
             row["prompt_tokens"] = rec.get("prompt_tokens")
             row["prompt_truncated"] = rec.get("prompt_truncated")

@@ -61,9 +61,23 @@ def write_synthetic_run(
     ]
     if xss:
         questions[0] = XSS_QUESTION
-    preds, scores = [], {}
+    preds, scores, probe = [], {}, []
     for sid in strategies:
         rows = _strategy_rows(sid, n, rng, tags)
+        # The latency probe: single requests (here the first 24 examples), end-to-end = its latency.
+        for r, row in enumerate(rows[:24]):
+            ttft = 0.3 * row["latency"]
+            probe.append(
+                {
+                    "strategy": sid,
+                    "example_id": ids[r],
+                    "round": r,
+                    "e2e_s": row["latency"],
+                    "ttft_s": ttft,
+                    "tpot_s": (row["latency"] - ttft) / (row["tokens"] - 1),
+                    "new_tokens": row["tokens"],
+                }
+            )
         per_example = {}
         for i, (eid, row) in enumerate(zip(ids, rows, strict=True)):
             text = f"{sid} says answer {i}"
@@ -99,7 +113,7 @@ def write_synthetic_run(
                             "in_prompt": False,
                         },
                     ],
-                    "metrics": {"recall@2": 1.0 if i % 4 else 0.0, "mrr": 1.0, "faithfulness": 0.8},
+                    "metrics": {"recall_at_k": 1.0 if i % 4 else 0.0, "mrr": 1.0, "faithfulness": 0.8},
                 }
                 per.update(extra["metrics"])
             per_example[eid] = per
@@ -144,6 +158,7 @@ def write_synthetic_run(
             )
         # Only what the analysis reads: per-example scores and cost (no all-examples aggregates).
         scores[sid] = {"n": n, "name": sid, "per_example": per_example, "cost": cost}
+    (run_dir / "latency.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probe), encoding="utf-8")
     (run_dir / "predictions.jsonl").write_text(
         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds), encoding="utf-8"
     )
