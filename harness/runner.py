@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from harness import plugin
 from harness.backends import get_backend, open_backend
-from harness.backends.base import GenerationBackend, LogLikelihood, require
+from harness.backends.base import GenerationBackend, require
 from harness.config import RunConfig, dump_config
 from harness.data import EvalSet, load_eval_set
 from harness.errors import ConfigError
@@ -245,8 +245,7 @@ def run(
     ctx = open_context(config, eval_set, run_dir)
     backend = ctx.backend
     manifest["model"] = backend.describe()
-    if "coherence" in config.metrics:  # fail before generating, not after
-        require(backend, LogLikelihood, "the coherence metric (answer perplexity)")
+    check_metric_capabilities(config, backend)  # fail before generating, not after
     preds = PredictionLog(run_dir / "predictions.jsonl")
     prepared: set[str] = set()
 
@@ -297,6 +296,19 @@ def run(
     atomic_write_json(run_dir / "manifest.json", manifest)
     render_reports(run_dir)
     return RunResult(run_dir=run_dir, scores=scores)
+
+
+def check_metric_capabilities(config: RunConfig, backend: GenerationBackend) -> None:
+    """Every backend capability a configured metric declares (``MetricSpec.capabilities``) is there."""
+    import harness.backends.base as protocols
+    from harness.scoring.registry import get_metric
+
+    for name in config.metrics:
+        for capability in sorted(get_metric(name).capabilities):
+            protocol = getattr(protocols, capability, None)
+            if protocol is None:
+                raise ConfigError(f"metrics: {name!r} declares an unknown backend capability {capability!r}")
+            require(backend, protocol, f"the {name} metric")
 
 
 def probe_latency(

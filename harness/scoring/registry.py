@@ -71,6 +71,9 @@ class MetricSpec:
     binary: bool = False  # per-example 0/1 (exact match)
     needs: frozenset[str] = field(default_factory=lambda: frozenset({"references"}))
     tag_option: str | None = None  # ScoringConfig field naming a tag; only examples with it are scored
+    # Backend capabilities (protocol names in harness.backends.base, e.g. "LogLikelihood") the metric
+    # needs; the runner checks them before generating anything, so a missing one fails early.
+    capabilities: frozenset[str] = field(default_factory=frozenset)
     default: bool = True  # in the default ``metrics:`` list
     description: str = ""
     path: Path | None = None  # evaluate module folder (loaded by path with evaluate.load)
@@ -85,6 +88,9 @@ class MetricSpec:
                 f"metric {self.name!r}: unknown needs {unknown} (allowed: {', '.join(sorted(INPUTS))})"
             )
         object.__setattr__(self, "needs", needs)
+        object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+        if self.capabilities and "backend" not in needs:
+            raise ValueError(f"metric {self.name!r}: capabilities need 'backend' in needs")
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
 

@@ -34,6 +34,7 @@ SPEC = MetricSpec(
     name="coherence",
     label="Coherence",
     needs=frozenset({"questions", "backend", "embedding_model", "scoring"}),
+    capabilities=frozenset({"LogLikelihood"}),
     description=__doc__,
 )
 # Recorded per example in scores.json; "compression" is returned but not recorded, because the
