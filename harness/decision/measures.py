@@ -173,19 +173,15 @@ MEASURES.update(
     }
 )
 
-# Strategy-reported per-example metrics (``extra["metrics"]``) such as recall@5 are higher-is-better scores.
-STRATEGY_METRIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(@\d+)?$")
-
-
 def measure(name: str) -> Measure:
-    """The measure for ``name``; unknown strategy-reported metrics are higher-is-better mean scores."""
+    """The measure for ``name``; an unknown per-example score is a higher-is-better mean."""
     if name in MEASURES:
         return MEASURES[name]
     return Measure(name, name, "", True, "mean", "quality")
 
 
 def is_known(name: str) -> bool:
-    return name in MEASURES or bool(STRATEGY_METRIC_PATTERN.match(name) and "@" in name)
+    return name in MEASURES
 
 
 CONSTRAINT_PATTERN = re.compile(
@@ -208,8 +204,8 @@ def format_value(name: str, value: float | None, digits: int | None = None) -> s
 
 
 def known_names() -> list[str]:
-    """Names accepted in ``decision.constraints`` / ``weights`` (plus strategy metrics like ``recall@5``)."""
-    return [*MEASURES, "recall@<k>"]
+    """Names accepted in ``decision.constraints`` / ``weights`` / ``scales``."""
+    return list(MEASURES)
 
 
 def natural_scale(name: str) -> tuple[float, float] | None:
