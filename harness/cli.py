@@ -257,6 +257,106 @@ def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...])
     click.echo(f"wrote {out.name}, summary.md, scores.csv and decision.json in {path}")
 
 
+@main.command()
+@click.argument("run_a", type=click.Path(exists=True))
+@click.argument("run_b", type=click.Path(exists=True))
+@click.option("--strategy", help="Compare only this strategy id (default: every strategy in both).")
+@click.option(
+    "--allow-mismatch", is_flag=True, help="Compare runs of another eval set, ids or metric definitions."
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    help="Equivalence margin (score units).",
+)
+@click.option(
+    "--cluster-by", type=click.Choice(["context", "group", "none"]), default="context", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Folder for compare.html/.md/.json (default: RUN_B's folder or .).",
+)
+@user_errors
+def compare(run_a, run_b, strategy, allow_mismatch, margin, cluster_by, out) -> None:
+    """Paired differences from RUN_A (baseline) to RUN_B (candidate): run folders or baseline files."""
+    from harness.gate import compare as cmp
+    from harness.gate.outputs import write_compare
+    from harness.gate.runs import load
+
+    res = cmp.compare_runs(
+        load(run_a),
+        load(run_b),
+        strategy=strategy,
+        allow_mismatch=allow_mismatch,
+        margin=margin,
+        cluster_by=cluster_by,
+    )
+    folder = Path(out) if out else (Path(run_b) if Path(run_b).is_dir() else Path("."))
+    paths = write_compare(res, folder)
+    for sid, s in res["strategies"].items():
+        for r in s["metrics"]:
+            click.echo(f"{sid:<12} {r['metric']:<20} {r['verdict']:<13} {r['verdict_text']}")
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True))
+@click.option("--policy", required=True, type=click.Path(dir_okay=False, exists=True), help="gates.yaml")
+@click.option(
+    "--baseline", type=click.Path(exists=True), help="Baseline run folder or baseline.json (relative rules)."
+)
+@click.option("--strict", is_flag=True, help="Relative rules fail on any point drop, significant or not.")
+@click.option(
+    "--allow-mismatch", is_flag=True, help="Gate against a baseline of another eval set / ids / metrics."
+)
+@click.option(
+    "--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML file (one testcase per rule)."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Folder for gate.md and gate.json (default: RUN_DIR or .).",
+)
+@user_errors
+def gate(run_dir, policy, baseline, strict, allow_mismatch, junit, out) -> None:
+    """Check a run against a policy of release rules: exit 0 pass, 1 a rule failed, 2 usage/data error."""
+    from harness.gate.gate import evaluate, load_policy
+    from harness.gate.outputs import gate_table, write_gate
+    from harness.gate.runs import load
+
+    pol = load_policy(policy)
+    res = evaluate(
+        load(run_dir), pol, load(baseline) if baseline else None, strict=strict, allow_mismatch=allow_mismatch
+    )
+    folder = Path(out) if out else (Path(run_dir) if Path(run_dir).is_dir() else Path("."))
+    paths = write_gate(res, folder, Path(junit) if junit else None)
+    click.echo(gate_table(res))
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+    sys.exit(0 if res["passed"] else 1)
+
+
+@main.group()
+def baseline() -> None:
+    """Versionable baselines for compare and gate."""
+
+
+@baseline.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="baseline.json to write."
+)
+@user_errors
+def baseline_export(run_dir: str, output: str) -> None:
+    """Write the small file compare and gate accept in place of RUN_DIR."""
+    from harness.gate.runs import export_baseline
+
+    path = export_baseline(run_dir, output)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
 @main.command("strategies")
 def list_strategies() -> None:
     """List the registered strategies."""
