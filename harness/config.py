@@ -17,10 +17,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
-    ValidationInfo,
     SerializationInfo,
     SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -56,7 +56,8 @@ class ModelConfig(StrictModel):
         None, description="name of the environment variable holding the API key (the key is never stored)"
     )
     endpoint: Literal["chat", "completions"] = Field(
-        "chat", description="chat: /chat/completions (server applies the chat template); completions: /completions"
+        "chat",
+        description="chat: /chat/completions (server applies the chat template); completions: /completions",
     )
     concurrency: int = Field(4, gt=0, description="requests in flight at once (per run, across base_urls)")
     timeout_s: float = Field(120.0, gt=0, description="socket timeout of one request")

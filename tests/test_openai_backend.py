@@ -65,7 +65,9 @@ def test_usage_missing_falls_back_to_estimate():
 
 def test_stop_strings_sent_and_applied(fake):
     be = backend(fake.url)
-    (g,) = be.generate([prompt("keep this. drop")], GenerationConfig(max_new_tokens=8, stop=["."])).generations
+    (g,) = be.generate(
+        [prompt("keep this. drop")], GenerationConfig(max_new_tokens=8, stop=["."])
+    ).generations
     assert fake.requests[0]["stop"] == ["."]
     assert g.text == "echo: keep this"
 
@@ -164,7 +166,10 @@ def test_unknown_model_and_down_server_fail_at_open(fake):
     with pytest.raises(ModelError, match="'nope' is not served .*served: tiny, tiny-lora"):
         OpenAIBackend(ModelConfig(backend="openai", base_url=fake.url, id="nope"))
     fake.models = ["/models/x.gguf"]  # one model under another name (llama.cpp): accepted, noted
-    assert OpenAIBackend(ModelConfig(backend="openai", base_url=fake.url, id="x")).served["id"] == "/models/x.gguf"
+    assert (
+        OpenAIBackend(ModelConfig(backend="openai", base_url=fake.url, id="x")).served["id"]
+        == "/models/x.gguf"
+    )
     port = fake.port
     fake.stop()
     cfg = ModelConfig(backend="openai", base_url=f"http://127.0.0.1:{port}", id="tiny", max_retries=0)
@@ -200,7 +205,9 @@ def test_config_validation(tmp_path, model, message):
 
     (tmp_path / "set").mkdir()
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"model": model, "eval_set": {"path": "set"}, "strategies": [{"name": "prompt"}]}))
+    path.write_text(
+        yaml.safe_dump({"model": model, "eval_set": {"path": "set"}, "strategies": [{"name": "prompt"}]})
+    )
     with pytest.raises(ConfigError, match=message) as err:
         load_config(path)
     assert str(err.value).startswith(f"{path}: model")

@@ -110,7 +110,9 @@ class OpenAIBackend:
                 if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None)
                 else "plain 'Role: text' transcript"
             )
-            + (" (approximation: the server applies its own template)" if self.cfg.endpoint == "chat" else ""),
+            + (
+                " (approximation: the server applies its own template)" if self.cfg.endpoint == "chat" else ""
+            ),
             "api_key_env": self.cfg.api_key_env,
             "device": "remote",
             "dtype": "remote",
@@ -280,4 +282,6 @@ def _load_tokenizer(name: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"model.tokenizer: cannot load {name!r} ({str(exc).splitlines()[0][:160]})") from None
+        raise ConfigError(
+            f"model.tokenizer: cannot load {name!r} ({str(exc).splitlines()[0][:160]})"
+        ) from None
