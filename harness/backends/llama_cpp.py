@@ -26,7 +26,7 @@ from harness.latency import mark_first_token, probing
 
 INSTALL_HINT = (
     "llama-cpp-python is not installed: build the portable wheel (docs/scaling.md) and "
-    "`pip install --no-index --find-links ~/.cache/adaptbench-wheels llama-cpp-python`"
+    "`pip install --find-links ~/.cache/adaptbench-wheels --only-binary llama-cpp-python llama-cpp-python`"
 )
 DEFAULT_N_CTX = 2048
 
