@@ -83,6 +83,39 @@ def test_streaming_marks_first_token(fake):
     assert fake.requests[1]["stream"] is False
 
 
+def test_stream_cut_mid_answer_is_retried_whole(fake):
+    fake.cut_streams = 1
+    be = backend(fake.url)
+    with request_clock() as clock:
+        (g,) = be.generate([prompt("say it once")], GEN).generations
+    assert g.text == "echo: say it once"  # the broken attempt's first word is not kept
+    assert len(fake.requests) == 2 and be.stats["retries"] == 1
+    assert clock.first_token is not None
+
+
+def test_backoff_doubles_with_jitter_and_honours_retry_after():
+    from harness.backends._http import HTTPStatusError, with_retries
+
+    slept: list[float] = []
+    errors = [
+        ConnectionRefusedError(),
+        ConnectionResetError(),
+        HTTPStatusError(429, "", "u", retry_after=5.0),
+    ]
+
+    def attempt(i: int) -> str:
+        if i < len(errors):
+            raise errors[i]
+        return "ok"
+
+    assert with_retries(attempt, max_retries=3, backoff_s=0.1, sleep=slept.append) == "ok"
+    assert 0.05 <= slept[0] <= 0.1 and 0.1 <= slept[1] <= 0.2  # backoff_s * 2**i, jittered in [cap/2, cap]
+    assert slept[2] == 5.0  # the server's Retry-After wins over a shorter backoff
+    with pytest.raises(ValueError):  # not a transport error: no retry
+        with_retries(lambda i: int("x"), max_retries=3, backoff_s=0.1, sleep=slept.append)
+    assert len(slept) == 3
+
+
 def test_429_then_success_is_retried(fake):
     fake.fail_with = [429, 503]
     be = backend(fake.url)

@@ -22,6 +22,7 @@ class FakeOpenAI:
         self.fail_with: list[int] = []  # statuses to answer (in order) before behaving
         self.delay_s = 0.0
         self.stop_after: int | None = None  # close the server after this many successful answers
+        self.cut_streams = 0  # streams to break off after their first word (a server dying mid-answer)
         self.requests: list[dict[str, Any]] = []
         self.answered = 0
         self.in_flight = 0
@@ -126,7 +127,12 @@ class FakeOpenAI:
         h.send_header("Connection", "close")
         h.end_headers()
         chat = path.endswith("chat/completions")
+        with self.lock:
+            cut, self.cut_streams = self.cut_streams > 0, max(0, self.cut_streams - 1)
         for i, word in enumerate(words):
+            if cut and i == 1:
+                h.close_connection = True
+                return
             piece = word if i == 0 else " " + word
             choice = {"delta": {"content": piece}} if chat else {"text": piece}
             last = i == len(words) - 1
