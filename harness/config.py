@@ -76,6 +76,8 @@ class ModelConfig(StrictModel):
         for url in urls:
             if not re.match(r"^https?://[^/\s]+", url):
                 raise ValueError(f"{url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
+            if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+                raise ValueError("no credentials in URLs (they would be saved with the run); use api_key_env")
         return value
 
     @field_validator("api_key_env")

@@ -253,3 +253,12 @@ def test_default_model_dump_unchanged_by_served_fields():
     }  # fmt: skip
     dumped = ModelConfig(backend="openai", base_url="http://x", concurrency=8).model_dump()
     assert dumped["base_url"] == "http://x" and dumped["concurrency"] == 8 and "timeout_s" not in dumped
+
+
+def test_credentials_in_url_never_shown():
+    from harness.backends._http import Endpoint
+
+    ep = Endpoint.parse("http://user:pw@127.0.0.1:9")
+    assert ep.url == "http://user:pw@127.0.0.1:9/v1" and ep.public == "http://127.0.0.1:9/v1"
+    with pytest.raises(ValueError, match="no credentials in URLs"):
+        ModelConfig(backend="openai", base_url="http://user:pw@127.0.0.1:9", id="t")

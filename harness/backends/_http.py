@@ -85,6 +85,14 @@ class Endpoint:
             url += "/v1"
         return cls(url)
 
+    @property
+    def public(self) -> str:
+        """The URL without any ``user:password@`` part (what manifests and messages may show)."""
+        parts = urlsplit(self.url)
+        if "@" not in parts.netloc:
+            return self.url
+        return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
     def connection(self, timeout: float) -> http.client.HTTPConnection:
         parts = urlsplit(self.url)
         conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
@@ -116,7 +124,7 @@ def get_json(ep: Endpoint, route: str, api_key: str | None, timeout: float) -> A
         resp = conn.getresponse()
         body = resp.read().decode("utf-8", "replace")
         if resp.status >= 300:
-            raise HTTPStatusError(resp.status, body, ep.url + route, _retry_after(resp))
+            raise HTTPStatusError(resp.status, body, ep.public + route, _retry_after(resp))
         return json.loads(body)
     finally:
         conn.close()
@@ -129,7 +137,7 @@ def post_json(ep: Endpoint, route: str, payload: dict[str, Any], api_key: str | 
         resp = conn.getresponse()
         body = resp.read().decode("utf-8", "replace")
         if resp.status >= 300:
-            raise HTTPStatusError(resp.status, body, ep.url + route, _retry_after(resp))
+            raise HTTPStatusError(resp.status, body, ep.public + route, _retry_after(resp))
         return json.loads(body)
     finally:
         conn.close()
@@ -145,7 +153,7 @@ def post_stream(
         resp = conn.getresponse()
         if resp.status >= 300:
             body = resp.read().decode("utf-8", "replace")
-            raise HTTPStatusError(resp.status, body, ep.url + route, _retry_after(resp))
+            raise HTTPStatusError(resp.status, body, ep.public + route, _retry_after(resp))
         finished = False
         for raw in resp:
             line = raw.decode("utf-8", "replace").strip()
@@ -158,14 +166,16 @@ def post_stream(
             try:
                 event = json.loads(data)
             except ValueError:
-                raise TruncatedStream(f"malformed SSE event from {ep.url + route}: {data[:80]!r}") from None
+                raise TruncatedStream(
+                    f"malformed SSE event from {ep.public + route}: {data[:80]!r}"
+                ) from None
             if isinstance(event, dict) and "error" in event:
-                raise HTTPStatusError(500, json.dumps(event), ep.url + route)
+                raise HTTPStatusError(500, json.dumps(event), ep.public + route)
             if any(c.get("finish_reason") for c in event.get("choices") or []):
                 finished = True
             yield event
         if not finished:
-            raise TruncatedStream(f"stream from {ep.url + route} ended before the answer finished")
+            raise TruncatedStream(f"stream from {ep.public + route} ended before the answer finished")
     finally:
         conn.close()
 

@@ -95,7 +95,7 @@ class OpenAIBackend:
         return {
             "backend": self.name,
             "id": self.cfg.id,
-            "base_urls": [e.url for e in self.endpoints],
+            "base_urls": [e.public for e in self.endpoints],
             "endpoint": self.cfg.endpoint,
             "served_model": self.served.get("id", self.cfg.id),
             "concurrency": self.cfg.concurrency,
@@ -192,7 +192,7 @@ class OpenAIBackend:
                 on_retry=self._on_retry,
             )
         except RetriesExhausted as exc:
-            urls = ", ".join(e.url for e in self.endpoints)
+            urls = ", ".join(e.public for e in self.endpoints)
             raise ModelError(
                 f"model.base_url: {exc.attempts} attempts to reach {urls} failed "
                 f"(last: {describe_error(exc.last)}); check the server is up, or raise model.max_retries"
@@ -250,7 +250,7 @@ class OpenAIBackend:
             except (RetriesExhausted, HTTPStatusError) as exc:
                 last = exc.last if isinstance(exc, RetriesExhausted) else exc
                 raise ModelError(
-                    f"model.base_url: cannot list models at {ep.url} ({describe_error(last)}); "
+                    f"model.base_url: cannot list models at {ep.public} ({describe_error(last)}); "
                     "is the server running?"
                 ) from None
             models = [m for m in (data.get("data") or []) if isinstance(m, dict)]
@@ -258,10 +258,10 @@ class OpenAIBackend:
             match = next((m for m in models if m.get("id") == self.cfg.id), None)
             if match is None and len(models) != 1:
                 raise ModelError(
-                    f"model.id: {self.cfg.id!r} is not served at {ep.url} (served: {', '.join(ids) or 'none'})"
+                    f"model.id: {self.cfg.id!r} is not served at {ep.public} (served: {', '.join(ids) or 'none'})"
                 )
             if match is None:  # one model served under another name (llama.cpp serves any name)
-                log.warning("model.id %r not listed at %s; it serves %s", self.cfg.id, ep.url, ids[0])
+                log.warning("model.id %r not listed at %s; it serves %s", self.cfg.id, ep.public, ids[0])
             found = found or (match or models[0])
         return found
 
