@@ -60,11 +60,16 @@ def build_strategies(config: RunConfig, source: str) -> list[Strategy]:
     return [plugin.build(spec, i, source) for i, spec in enumerate(config.strategies)]
 
 
+CONNECTION_KEYS = ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries", "retry_backoff_s")
+
+
 def _fingerprint(config: RunConfig) -> dict[str, Any]:
     """What must match for predictions in an existing run folder to be reused."""
     data = config.model_dump(mode="json")
     if data["model"].get("backend") == "transformers":  # the default: folders from before the key resume
         del data["model"]["backend"]
+    for key in CONNECTION_KEYS:  # where and how fast a served model is reached does not change answers
+        data["model"].pop(key, None)
     return {
         "model": data["model"],
         "eval_set": {"path": data["eval_set"]["path"], "split": data["eval_set"]["split"]},

@@ -101,4 +101,15 @@ def test_server_down_too_long_stops_then_resume_finishes(tmp_path, fake):
     run(load_config(config_path), config_path=config_path, run_dir=run_dir, progress=False)
     assert_each_example_once(run_dir)
     asked = [r for r in fake.requests[before:] if not r["stream"]]  # the batched pass, not the probe
-    assert len(asked) == N_TEST - len(written)
+    # Only the missing examples are asked again (a retried request may repeat one of them; an answered
+    # example is never asked again).
+    asked_text = [r["messages"][-1]["content"] for r in asked]
+
+    def was_asked(question: str) -> bool:
+        return any(question in text for text in asked_text)
+
+    final = predictions(run_dir)
+    missing = [r for r in final if r["example_id"] not in written]
+    assert len(missing) == N_TEST - len(written)
+    assert all(was_asked(r["question"]) for r in missing)
+    assert not any(was_asked(r["question"]) for r in final if r["example_id"] in written)

@@ -173,6 +173,7 @@ MEASURES.update(
     }
 )
 
+
 def measure(name: str) -> Measure:
     """The measure for ``name``; an unknown per-example score is a higher-is-better mean."""
     if name in MEASURES:
