@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
 import os
 import sys
@@ -52,16 +53,55 @@ def user_errors(fn):
     return wrapper
 
 
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Show library logs.")
-def main(verbose: bool) -> None:
-    """Benchmark prompt engineering, RAG and QLoRA on your own data, and decide."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("adaptbench").setLevel(logging.INFO)
+def _version() -> str:
+    from harness import __version__
+
+    try:
+        return importlib.metadata.version("adaptbench")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return __version__
+
+
+def set_verbosity(verbose: bool = False, quiet: bool = False) -> None:
+    """-v: library logs too; --quiet: errors only; default: adaptbench's progress messages."""
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("adaptbench").setLevel(logging.ERROR if quiet else logging.INFO)
     if not verbose:
         _quiet_libraries()
+
+
+def verbosity(fn):
+    """``-v/--verbose`` and ``-q/--quiet`` on a subcommand too (``adaptbench run X -v`` as well as
+    ``adaptbench -v run X``); the subcommand's flags win over the group's."""
+
+    def apply(flag: str):
+        def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+            if value:
+                set_verbosity(verbose=flag == "verbose", quiet=flag == "quiet")
+
+        return callback
+
+    fn = click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=apply("quiet"), help="Errors only."
+    )(fn)
+    return click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=apply("verbose"),
+        help="Show library logs.",
+    )(fn)
+
+
+@click.group()
+@click.version_option(_version(), "--version", prog_name="adaptbench", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", is_flag=True, help="Show library logs.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+def main(verbose: bool, quiet: bool) -> None:
+    """Benchmark prompt engineering, RAG and QLoRA on your own data, and decide."""
+    set_verbosity(verbose, quiet)
 
 
 def _overrides(model: str | None, limit: int | None) -> dict[str, Any]:
@@ -136,6 +176,7 @@ def print_summary(run_dir: Path) -> None:
     metavar="[ID=]PATH",
     help="Evaluate a trained adapter folder instead of training (all adapter strategies, or strategy ID).",
 )
+@verbosity
 @user_errors
 def run(
     config: str,
@@ -169,6 +210,7 @@ def run(
 @click.option("--model", help="Model id (HF hub) or local path; overrides model.id.")
 @click.option("--strategies", help="Comma-separated strategy ids or names to train, e.g. qlora.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for the training records.")
+@verbosity
 @user_errors
 def train(config: str, model: str | None, strategies: str | None, out: str | None) -> None:
     """Train the adapters of the configured strategies (cached), without evaluating."""
@@ -194,21 +236,26 @@ def train(config: str, model: str | None, strategies: str | None, out: str | Non
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--model", help="Model id (HF hub) or local path; overrides model.id.")
+@verbosity
 @user_errors
-def validate(config: str) -> None:
-    """Check a config, its strategies' params and its eval set without loading a model."""
-    from harness.data import load_eval_set
-    from harness.runner import build_strategies
+def validate(config: str, model: str | None) -> None:
+    """Check a config, its strategies against the eval set and the model folder, without loading a model."""
+    from harness.validate import validate_config
 
-    cfg = _load(config, None, None, None)
-    eval_set = load_eval_set(cfg.eval_set.path)
-    split = eval_set.split(cfg.eval_set.split)
-    build_strategies(cfg, config)
+    cfg = _load(config, model, None, None)
+    result = validate_config(cfg, config)
+    if not result.ok:
+        for problem in result.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+    eval_set = result.eval_set
+    assert eval_set is not None
     sizes = ", ".join(f"{k}={len(v)}" for k, v in eval_set.splits.items())
     click.echo(
         f"ok: {config}: eval set {eval_set.name} ({sizes}; {len(eval_set.documents)} KB documents, "
-        f"{len(eval_set.kb_updates)} updates); evaluating {len(split)} examples of {cfg.eval_set.split!r} "
-        f"with strategies {', '.join(s.key for s in cfg.strategies)}"
+        f"{len(eval_set.kb_updates)} updates); evaluating {len(eval_set.splits[cfg.eval_set.split])} "
+        f"examples of {cfg.eval_set.split!r} with strategies {', '.join(s.key for s in cfg.strategies)}"
     )
 
 
@@ -227,6 +274,7 @@ def validate(config: str) -> None:
     help="What-if: decide in the weighted mode with these weights, e.g. --weight token_f1=0.7 "
     "--weight semantic_similarity=0.3 (latency and cost need decision.scales in the run's config).",
 )
+@verbosity
 @user_errors
 def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...]) -> None:
     """Re-render report.html, summary.md, scores.csv and decision.json from a run folder (no model, no re-run)."""
@@ -279,6 +327,7 @@ def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...])
     type=click.Path(file_okay=False),
     help="Folder for compare.html/.md/.json (default: RUN_B's folder or .).",
 )
+@verbosity
 @user_errors
 def compare(run_a, run_b, strategy, allow_mismatch, margin, cluster_by, out) -> None:
     """Paired differences from RUN_A (baseline) to RUN_B (candidate): run folders or baseline files."""
@@ -320,6 +369,7 @@ def compare(run_a, run_b, strategy, allow_mismatch, margin, cluster_by, out) -> 
     type=click.Path(file_okay=False),
     help="Folder for gate.md and gate.json (default: RUN_DIR or .).",
 )
+@verbosity
 @user_errors
 def gate(run_dir, policy, baseline, strict, allow_mismatch, junit, out) -> None:
     """Check a run against a policy of release rules: exit 0 pass, 1 a rule failed, 2 usage/data error."""
@@ -348,6 +398,7 @@ def baseline() -> None:
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="baseline.json to write."
 )
+@verbosity
 @user_errors
 def baseline_export(run_dir: str, output: str) -> None:
     """Write the small file compare and gate accept in place of RUN_DIR."""
@@ -357,7 +408,58 @@ def baseline_export(run_dir: str, output: str) -> None:
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
+@main.command()
+@click.option(
+    "--qa",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Q/A file: CSV, TSV, JSONL, Parquet or Excel.",
+)
+@click.option(
+    "--docs", type=click.Path(file_okay=False), help="Folder of .md/.txt/.html/.pdf documents (the KB)."
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New eval-set folder to write.")
+@click.option("--question-col", help="Column holding the questions (guessed if omitted).")
+@click.option("--answer-col", help="Column holding the reference answers (guessed if omitted).")
+@click.option("--id-col", help="Column holding unique ids (generated if omitted).")
+@click.option(
+    "--context-col", help="Column naming the supporting documents (file names or ids, ;-separated)."
+)
+@click.option("--tags-col", help="Column of tags (;-separated); the split is stratified by the first tag.")
+@click.option(
+    "--split", "split", default="0.6,0.15,0.25", show_default=True, help="train,validation,test fractions."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the split.")
+@click.option("--model", help="Model id or local folder for the starter config.")
+@click.option(
+    "--gpu", is_flag=True, help="GPU defaults in the starter config (4-bit, 3 epochs, lr 2e-4, packing)."
+)
+@verbosity
+@user_errors
+def init(
+    qa, docs, out, question_col, answer_col, id_col, context_col, tags_col, split, seed, model, gpu
+) -> None:
+    """Turn your Q/A file and documents into an eval set plus a starter config."""
+    from harness.init import ask_if_tty, init_eval_set
+
+    given = {
+        "question": question_col,
+        "answer": answer_col,
+        "id": id_col,
+        "context_ids": context_col,
+        "tags": tags_col,
+    }
+    res = init_eval_set(
+        Path(qa), Path(out), Path(docs) if docs else None, given, split, seed, model, gpu, ask_if_tty()
+    )
+    sizes = ", ".join(f"{k}={v}" for k, v in res.sizes.items())
+    cols = ", ".join(f"{k}<-{v!r}" for k, v in res.columns.items())
+    click.echo(f"wrote {res.out}: {sizes}; {res.n_docs} KB documents; columns {cols}")
+    click.echo(f"next: adaptbench validate {res.config} && adaptbench run {res.config}")
+
+
 @main.command("strategies")
+@verbosity
 def list_strategies() -> None:
     """List the registered strategies."""
     from harness import plugin

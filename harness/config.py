@@ -120,10 +120,19 @@ SERVED_FIELDS = (
 )
 
 
+EvalSetField = Literal["id", "question", "answer", "context_ids", "tags", "must_include", "must_not_include"]
+
+
 class EvalSetConfig(StrictModel):
-    path: Path
+    path: Path = Field(description="eval-set folder, 🤗 save_to_disk folder or .parquet file(s)")
     split: str = "test"
     limit: int | None = Field(None, gt=0)
+    format: Literal["auto", "folder", "datasets", "parquet"] = Field(
+        "auto", description="how to read `path`; auto detects it"
+    )
+    columns: dict[EvalSetField, str] = Field(
+        default_factory=dict, description="eval-set field -> column name in your data, e.g. {question: q}"
+    )
 
 
 class GenerationConfig(StrictModel):
@@ -444,7 +453,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, str(path))) from None
     config = resolve_paths(config, path.parent)
-    if not config.eval_set.path.is_dir():
+    if not config.eval_set.path.exists():
         raise ConfigError(f"{path}: eval_set.path: directory not found: {config.eval_set.path}")
     return config
 

@@ -82,6 +82,15 @@ class Strategy:
         self.ctx: RunContext | None = None
         self.cost: dict[str, Any] = {}
 
+    def validate(self, eval_set: EvalSet) -> list[str]:
+        """Problems ``prepare`` would hit with this eval set, found without a model (``adaptbench validate``).
+
+        Cheap checks only (split sizes, KB present, files exist): no model, no index, no training. Each
+        item is ``"<param>: <problem and fix>"``; the caller prefixes ``strategies[i]``. Optional: the
+        default finds nothing.
+        """
+        return []
+
     def prepare(self, ctx: RunContext) -> None:
         """Called exactly once per run, before the first ``predict``."""
         self.ctx = ctx

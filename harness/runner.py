@@ -22,7 +22,7 @@ from harness import plugin
 from harness.backends import get_backend, open_backend
 from harness.backends.base import GenerationBackend, require
 from harness.config import RunConfig, dump_config
-from harness.data import EvalSet, load_eval_set
+from harness.data import EvalSet, open_eval_set
 from harness.errors import ConfigError
 from harness.latency import LATENCY_FILE, run_probe
 from harness.manifest import hardware, now_iso, package_versions
@@ -192,7 +192,7 @@ def train(
     Returns the folder holding their training records and ``{strategy id: train result}``.
     """
     source = str(config_path) if config_path else "config"
-    eval_set = load_eval_set(config.eval_set.path)
+    eval_set = open_eval_set(config.eval_set)
     strategies = [s for s in build_strategies(config, source) if callable(getattr(s, "train", None))]
     if not strategies:
         names = ", ".join(sorted({s.name for s in config.strategies}))
@@ -213,7 +213,7 @@ def run(
     on_strategy_done: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> RunResult:
     source = str(config_path) if config_path else "config"
-    eval_set = load_eval_set(config.eval_set.path)
+    eval_set = open_eval_set(config.eval_set)
     examples = select_examples(eval_set, config)
     strategies = build_strategies(config, source)  # validate params before the slow model load
     get_backend(config.model.backend)  # and the backend name

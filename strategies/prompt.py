@@ -8,8 +8,9 @@ import jinja2
 from pydantic import Field, field_validator
 
 from harness.backends.base import Prompt
+from harness.data import EvalSet
 from harness.plugin import Params, PromptedStrategy, RunContext, register
-from strategies.shots import sample_shots
+from strategies.shots import sample_shots, shots_problems
 from strategies.templates import load_template
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -41,6 +42,9 @@ class PromptStrategy(PromptedStrategy):
     name = "prompt"
     Params = PromptParams
     params: PromptParams
+
+    def validate(self, eval_set: EvalSet) -> list[str]:
+        return shots_problems(eval_set, self.params.example_split, self.params.shots)
 
     def prepare(self, ctx: RunContext) -> None:
         super().prepare(ctx)

@@ -16,6 +16,7 @@ import jinja2
 from pydantic import Field, field_validator
 
 from harness.backends.base import Prompt
+from harness.data import EvalSet
 from harness.plugin import Answer, PromptedStrategy, RunContext, answers_from, register
 from strategies.retrieval import (
     DEFAULT_RAG_TEMPLATE,
@@ -26,7 +27,7 @@ from strategies.retrieval import (
     render_rag_user,
     source_chunk_id,
 )
-from strategies.shots import sample_shots
+from strategies.shots import sample_shots, shots_problems
 from strategies.templates import load_template
 
 DEFAULT_RAG_SYSTEM_PROMPT = (
@@ -73,6 +74,16 @@ class RagStrategy(PromptedStrategy):
     name = "rag"
     Params = RagParams
     params: RagParams
+
+    def validate(self, eval_set: EvalSet) -> list[str]:
+        problems = shots_problems(eval_set, self.params.example_split, self.params.shots)
+        if not eval_set.current_documents():
+            problems.insert(
+                0,
+                f"name: {self.name} needs a knowledge base, but {eval_set.root} has no documents "
+                "(add .md/.txt files to kb/ or a kb.jsonl, or remove this strategy)",
+            )
+        return problems
 
     def prepare(self, ctx: RunContext) -> None:
         super().prepare(ctx)

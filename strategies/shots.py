@@ -10,6 +10,20 @@ from harness.data import EvalSet
 from harness.errors import ConfigError
 
 
+def shots_problems(eval_set: EvalSet, split: str, n: int, field: str = "shots") -> list[str]:
+    """What ``sample_shots`` would refuse, as ``validate`` messages (no model needed)."""
+    if not n:
+        return []
+    pool = eval_set.splits.get(split)
+    have = 0 if pool is None else len(pool)
+    if have >= n:
+        return []
+    return [
+        f"{field}: {n} demonstrations need {n} examples in split {split!r} (it has {have}); "
+        f"lower {field} or add {split} examples (example_split picks the split)"
+    ]
+
+
 def sample_shots(
     eval_set: EvalSet,
     split: str,

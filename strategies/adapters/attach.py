@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import AdapterHost, Prompt, require
+from harness.data import EvalSet
 from harness.errors import ModelError
 from harness.plugin import RunContext
 from harness.rundir import atomic_write_json
 from strategies.adapters import cache
-from strategies.adapters.data import Row, build_data
+from strategies.adapters.data import Row, build_data, split_problems
 from strategies.adapters.params import AdapterParams, TrainParams
 from strategies.adapters.trainer import TrainResult, train_adapter
 
@@ -93,6 +94,13 @@ class AdapterStrategy:
 
     def training_key_extra(self) -> Any:
         return None
+
+    def validate(self, eval_set: EvalSet) -> list[str]:
+        """The host's checks plus the training splits (skipped when a trained ``adapter_path`` is given)."""
+        problems: list[str] = super().validate(eval_set)  # type: ignore[misc]
+        if not self.params.adapter_path:
+            problems += split_problems(eval_set, self.params)
+        return problems
 
     # -- entry points ------------------------------------------------------------------------------
     def train(self, ctx: RunContext) -> TrainResult:

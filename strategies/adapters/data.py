@@ -87,6 +87,23 @@ def split_rows(eval_set: EvalSet, seed: int, params: TrainParams) -> tuple[list[
     return train, validation, source
 
 
+def split_problems(eval_set: EvalSet, params: TrainParams) -> list[str]:
+    """What ``split_rows`` would refuse, as ``validate`` messages (no model needed)."""
+    have = ", ".join(sorted(eval_set.splits)) or "none"
+    train = eval_set.splits.get(params.train_split)
+    if train is None:
+        return [
+            f"train_split: adapter training needs a {params.train_split!r} split in {eval_set.root} "
+            f"(have: {have}); add train examples, set train_split, or give adapter_path"
+        ]
+    if params.validation_split not in eval_set.splits and len(train) < 2:
+        return [
+            f"validation_split: no {params.validation_split!r} split (have: {have}) and {params.train_split!r} "
+            "has fewer than 2 examples to hold one out; add validation examples"
+        ]
+    return []
+
+
 def _split_rows(eval_set: EvalSet, seed: int, params: TrainParams) -> tuple[list[dict], list[dict], str]:
     es = eval_set
     if params.train_split not in es.splits:

@@ -54,7 +54,9 @@ def keep_4bit_layers_differentiable(model: Any) -> None:
     backward silently drops the gradient through the frozen base weights and LoRA layers below the
     top get wrong (smaller) gradients. Training therefore keeps the differentiable dequantise path.
     """
-    import bitsandbytes as bnb
+    from harness.optional import require_module
+
+    bnb = require_module("bitsandbytes", "4-bit QLoRA training")
 
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):

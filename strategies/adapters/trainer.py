@@ -23,6 +23,7 @@ import torch
 from harness.backends.base import TrainableBase, require
 from harness.errors import DataError
 from harness.memory import PeakMemory
+from harness.optional import require_module
 from harness.plugin import RunContext
 from harness.rundir import atomic_write_json, read_json
 from strategies.adapters import cache
@@ -45,7 +46,7 @@ class TrainResult:
 
 
 def lora_config(params: TrainParams):
-    from peft import LoraConfig
+    LoraConfig = require_module("peft", "adapter training").LoraConfig
 
     return LoraConfig(
         r=params.r,
@@ -129,7 +130,9 @@ def build_trainer(
     """The trl ``SFTTrainer`` for ``params``; ``evaluate=False`` (benchmarks) skips validation passes."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+
+    trl = require_module("trl", "adapter training")
+    SFTConfig, SFTTrainer = trl.SFTConfig, trl.SFTTrainer
 
     steps = planned_steps(params, len(data.train))
     per_epoch = max(1, math.ceil(len(data.train) / (params.batch_size * params.grad_accum)))

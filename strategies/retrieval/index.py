@@ -22,6 +22,7 @@ import numpy as np
 
 from harness.data import Document
 from harness.errors import ConfigError
+from harness.optional import require_module
 from harness.scoring.embeddings import load_embedder
 from strategies.retrieval.cache import atomic_write_bytes, cache_key, doc_hash, write_cache_folder
 from strategies.retrieval.chunking import Chunk, RetrievedChunk, chunk_documents, select_sentences
@@ -66,7 +67,7 @@ def ivf_nlist(params: RetrievalParams, n: int) -> int:
 
 def new_index(params: RetrievalParams, dim: int, n: int, train: np.ndarray | None = None):
     """An empty faiss index of the configured type that accepts ``add_with_ids`` (IVF is trained on ``train``)."""
-    import faiss
+    faiss = require_module("faiss", "RAG retrieval")
 
     if params.index == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -84,7 +85,7 @@ def new_index(params: RetrievalParams, dim: int, n: int, train: np.ndarray | Non
 
 
 def set_search_knobs(index: Any, params: RetrievalParams) -> None:
-    import faiss
+    faiss = require_module("faiss", "RAG retrieval")
 
     if params.index == "hnsw":
         faiss.downcast_index(index.index).hnsw.efSearch = params.hnsw_ef_search
@@ -140,7 +141,7 @@ class Retriever:
         progress: bool = False,
     ) -> Retriever:
         """Build (or load from ``cache_dir/indexes/<hash>``) the index over ``documents``."""
-        import faiss
+        faiss = require_module("faiss", "RAG retrieval")
 
         if not documents:
             raise ConfigError("retrieval: no documents to index; the eval set needs kb/*.md or kb.jsonl")
@@ -276,7 +277,7 @@ class Retriever:
 
     @property
     def index_bytes(self) -> int:
-        import faiss
+        faiss = require_module("faiss", "RAG retrieval")
 
         return int(faiss.serialize_index(self.index).size)
 
@@ -303,7 +304,7 @@ class Retriever:
         return select_sentences(self.embed_texts, questions, hits, n)
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[RetrievedChunk]]:
-        import faiss
+        faiss = require_module("faiss", "RAG retrieval")
 
         k = min(k or self.params.top_k, self.n_chunks)
         if k <= 0:
