@@ -128,6 +128,9 @@ def prediction_record(
         rec["retrieved_ids"] = list(answer.retrieved_ids)
     if example.get("context_ids") is not None:
         rec["context_ids"] = list(example["context_ids"])
+    for key in ("must_include", "must_not_include"):  # key facts travel with the record to scoring
+        if example.get(key) is not None:
+            rec[key] = example[key]
     if answer.extra:
         rec["extra"] = answer.extra
     return rec

@@ -84,9 +84,9 @@ def attach_facts(records: list[dict[str, Any]], facts: dict[str, dict[str, Any]]
 
 def eval_set_facts(config: RunConfig) -> dict[str, dict[str, Any]]:
     """example id -> key facts of the run's eval-set split (examples without facts are left out)."""
-    from harness.data import load_eval_set
+    from harness.data import open_eval_set
 
-    ds = load_eval_set(config.eval_set.path).split(config.eval_set.split)
+    ds = open_eval_set(config.eval_set).split(config.eval_set.split)
     if "must_include" not in ds.column_names and "must_not_include" not in ds.column_names:
         return {}
     return {row["id"]: f for row in ds if (f := _facts_of(row))}
