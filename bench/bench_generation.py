@@ -1,88 +1,164 @@
-"""Generation benchmark: model load time (GGUF vs dequantised cache) and batched vs one-by-one decoding.
+"""Generation benchmark: the harness's evaluation pass vs bare ``model.generate`` on the same prompts.
 
-    python bench/bench_generation.py [--model smollm2-135m-instruct] [--n 32] [--batch-size 32] [--max-new-tokens 48]
+    python bench/bench_generation.py [--model smollm2-135m-instruct | --shape tiny|1b|7b] [--device cpu|cuda]
+                                     [--n 92] [--batch-size 16] [--max-new-tokens 96] [--static-cache]
 
-Both arms use the same model, prompts and greedy settings in the same process, so the speed-up ratio is
-comparable across machines even when absolute numbers are not.
+Prompts: the demo's zero-shot ``prompt`` strategy over the demo test split. Arms, one process, one model:
+
+  bare          tokenizer + ``model.generate`` per batch in example order, greedy, no stop strings: the
+                engine's own speed (tokens counted up to each row's EOS)
+  harness       the runner's pass: length-sorted batches (``harness.batching``) through the strategy's
+                ``predict`` and the backend, no stop strings: the same work as ``bare``
+  harness+stop  the same with the demo's stop string ("\\n\\n") ended inside ``generate``
+
+Printed: tokens, seconds, tokens/s per arm; harness/bare tokens/s (target >= 0.8); the wall-time ratio of
+harness+stop to bare; and the share of answers identical to bare's (cut at the stop string afterwards).
+``--shape 1b|7b`` uses a random-init Llama of that size (bench/shapes.py) for GPU sizing; ``--static-cache``
+turns on the static KV cache (+ torch.compile on CUDA) in the backend; FlashAttention-2 is used when the
+``flash_attn`` package is installed and the device is CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import os
+import sys
 import time
 from pathlib import Path
 
-from harness.backends.hf import TransformersBackend
-from harness.backends.loading import cache_root, load_model
-from harness.config import GenerationConfig, ModelConfig
-from harness.data import load_eval_set
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SYSTEM = (
+    "You are the customer-support assistant of Nimbus Cycles, an e-bike company. "
+    "Answer the customer's question in one short, factual sentence."
+)
 
 
-def prompts_from_demo(n: int) -> list[list[dict[str, str]]]:
-    ds = load_eval_set(REPO / "eval_sets" / "nimbus_support").split("test")
-    system = "You are the customer-support assistant of Nimbus Cycles. Answer in one short sentence."
-    return [
-        [{"role": "system", "content": system}, {"role": "user", "content": ds[i % len(ds)]["question"]}]
-        for i in range(n)
-    ]
+def bare_pass(loaded, texts: list[str], batch_size: int, max_new: int) -> tuple[float, int, list[str]]:
+    """Plain transformers: tokenise, left-pad, generate, decode; tokens counted up to EOS (inclusive)."""
+    import torch
 
-
-def timed_generate(backend, prompts, params, batch_size):
+    tok, model = loaded.tokenizer, loaded.model
+    stop_ids = {tok.eos_token_id, tok.pad_token_id} - {None}
+    tokens, out_texts = 0, []
+    sync = torch.cuda.synchronize if loaded.info.device == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
-    tokens = 0
-    texts = []
-    for i in range(0, len(prompts), batch_size):
-        out = backend.generate(prompts[i : i + batch_size], params)
-        tokens += out.new_tokens
-        texts += [g.text for g in out.generations]
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        with torch.inference_mode():
+            out = model.generate(
+                **enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id, use_cache=True
+            )
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            n = next((j + 1 for j, t in enumerate(row) if t in stop_ids), len(row))
+            tokens += n
+            out_texts.append(tok.decode(row[:n], skip_special_tokens=True))
+    sync()
+    return time.perf_counter() - start, tokens, out_texts
+
+
+def harness_pass(strategy, examples, batch_size: int) -> tuple[float, int, dict[str, str]]:
+    """The runner's evaluation loop minus file writes: length-sorted batches through ``predict``."""
+    from harness.batching import batch_order
+    from harness.runner import batches, predict_timed
+
+    start = time.perf_counter()
+    tokens, texts = 0, {}
+    for batch in batches(batch_order(strategy, examples), batch_size):
+        answers, _ = predict_timed(strategy, batch)
+        tokens += sum(a.new_tokens for a in answers)
+        texts.update((ex["id"], a.text) for ex, a in zip(batch, answers, strict=True))
     return time.perf_counter() - start, tokens, texts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--skip-gguf", action="store_true", help="don't time the first (GGUF) load")
+    ap.add_argument("--shape", choices=["tiny", "1b", "7b"], help="random-init model of this shape")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--n", type=int, default=92, help="prompts (the demo test split has 92)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--stop", default="\n\n")
+    ap.add_argument("--static-cache", action="store_true", help="static KV cache (+ compile on CUDA)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = ap.parse_args()
-    cfg = ModelConfig(id=args.model, device=args.device)
-    results: dict[str, float] = {}
 
-    if args.model == "smollm2-135m-instruct" and not args.skip_gguf:
-        with tempfile.TemporaryDirectory() as fresh:
-            results["load_from_gguf_s"] = load_model(cfg, Path(fresh)).info.load_seconds
+    import torch
+
+    from harness import plugin
+    from harness.backends.base import cut_at_stop
+    from harness.backends.hf import TransformersBackend
+    from harness.backends.loading import cache_root, load_model
+    from harness.config import GenerationConfig, ModelConfig, StrategySpec
+    from harness.data import load_eval_set
+    from harness.plugin import RunContext
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.static_cache:
+        os.environ["ADAPTBENCH_STATIC_CACHE"] = "1"
+    model_id = args.model
+    if args.shape:
+        from bench.shapes import model_dir
+
+        model_id = str(model_dir(args.shape))
+    cfg = ModelConfig(id=model_id, device=args.device)
     loaded = load_model(cfg, cache_root())
-    loaded = load_model(cfg, cache_root())  # second load: from the dequantised safetensors cache
-    results["load_from_cache_s"] = loaded.info.load_seconds
+    if loaded.info.device == "cuda":
+        from bench.shapes import accelerators
 
-    backend = TransformersBackend(loaded)
-    params = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    prompts = prompts_from_demo(args.n)
-    backend.generate(prompts[:2], params)  # warm-up
+        if accelerators()["flash_attn"]:
+            loaded.model.set_attn_implementation("flash_attention_2")
+    backend = TransformersBackend(loaded, cfg)
 
-    seq_s, seq_tok, seq_texts = timed_generate(backend, prompts, params, 1)
-    bat_s, bat_tok, bat_texts = timed_generate(backend, prompts, params, args.batch_size)
-    same = sum(a == b for a, b in zip(seq_texts, bat_texts, strict=True))
-    results.update(
-        one_by_one_s=seq_s,
-        one_by_one_tokens_per_s=seq_tok / seq_s,
-        batched_s=bat_s,
-        batched_tokens_per_s=bat_tok / bat_s,
-        speedup_batched_vs_one_by_one=(bat_tok / bat_s) / (seq_tok / seq_s),
-        identical_answers=same / len(prompts),
-    )
+    eval_set = load_eval_set(REPO / "eval_sets" / "nimbus_support")
+    test = list(eval_set.split("test"))
+    examples = [{**test[i % len(test)], "id": f"{test[i % len(test)]['id']}#{i}"} for i in range(args.n)]
+    strategy = plugin.build(StrategySpec(name="prompt", id="bench", system_prompt=SYSTEM), 0)
+
+    def context(stop: list[str]) -> RunContext:
+        gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, stop=stop)
+        return RunContext(eval_set, backend, gen, 0, cache_root(), Path("/tmp"))
+
+    strategy.prepare(context([]))
+    texts = [backend.render(strategy.build_prompt(ex)[0]) for ex in examples]
+    bare_pass(loaded, texts[:2], 2, 4)  # warm-up (allocator, kernels, compile)
+    harness_pass(strategy, examples[:2], 2)
+
+    results: dict[str, dict] = {}
+    s, t, bare_texts = bare_pass(loaded, texts, args.batch_size, args.max_new_tokens)
+    results["bare"] = {"seconds": s, "tokens": t}
+    s, t, _ = harness_pass(strategy, examples, args.batch_size)
+    results["harness"] = {"seconds": s, "tokens": t}
+    strategy.ctx = context([args.stop])
+    s, t, stop_texts = harness_pass(strategy, examples, args.batch_size)
+    results["harness+stop"] = {"seconds": s, "tokens": t}
+    for r in results.values():
+        r["tokens_per_s"] = r["tokens"] / r["seconds"]
+
+    expected = [cut_at_stop(x, [args.stop]) for x in bare_texts]
+    same = sum(stop_texts[ex["id"]] == e for ex, e in zip(examples, expected, strict=True)) / len(examples)
+    bare = results["bare"]
+    summary = {
+        "harness_vs_bare_tokens_per_s": results["harness"]["tokens_per_s"] / bare["tokens_per_s"],
+        "harness_stop_vs_bare_wall": results["harness+stop"]["seconds"] / bare["seconds"],
+        "identical_answers_vs_bare_cut": same,
+    }
     print(
-        f"model={args.model} device={loaded.info.device} n={args.n} batch={args.batch_size} max_new_tokens={args.max_new_tokens}"
+        f"model={model_id} device={loaded.info.device} dtype={loaded.info.dtype} n={args.n} "
+        f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} static_cache={args.static_cache} "
+        f"threads={torch.get_num_threads()}"
     )
-    for key, value in results.items():
-        print(f"{key:<34} {value:10.3f}")
-    print(json.dumps({k: round(v, 4) for k, v in results.items()}))
+    print(f"{'arm':<14}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
+    for name, r in results.items():
+        print(f"{name:<14}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.1f}")
+    for key, value in summary.items():
+        print(f"{key:<32}{value:>8.3f}")
+    print(json.dumps({"arms": results, **summary}, default=float))
 
 
 if __name__ == "__main__":

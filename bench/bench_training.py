@@ -1,6 +1,6 @@
 """Training benchmark: adaptbench's trainer (trl SFTTrainer, QLoRA) vs a plain transformers.Trainer + peft LoRA.
 
-    python bench/bench_training.py [--model smollm2-135m-instruct|tiny|PATH] [--device cpu|cuda]
+    python bench/bench_training.py [--model smollm2-135m-instruct|tiny|PATH] [--shape 1b|7b] [--device cpu|cuda]
                                    [--steps 4] [--batch-size 4] [--gradient-checkpointing]
 
 Arms (same base model, same tokenised data from the demo train split, same batch size and steps, each in a
@@ -13,7 +13,9 @@ fresh subprocess so peak memory is that arm's own):
 
 Reported: trained (non-padding) tokens/s over the optimizer steps alone, wall seconds of ``train()``, peak memory
 while loading and during ``train()`` (process RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and ratios
-against the baseline measured in this run.
+against the baseline measured in this run. ``--shape 1b|7b``: a random-init Llama of that size
+(bench/shapes.py) for GPU sizing; Liger kernels are used on CUDA when the ``liger_kernel`` package is
+installed (``--liger``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ SYSTEM = (
 def model_config(args):
     from harness.config import ModelConfig
 
+    if getattr(args, "shape", None):
+        from bench.shapes import model_dir
+
+        return ModelConfig(id=str(model_dir(args.shape)), device=args.device)
     if args.model == "tiny":
         from tests.support.tiny_model import build_tiny_model
 
@@ -97,6 +103,13 @@ def worker(arm: str, args) -> dict:
             max_seq_length=args.max_len,
             warmup_ratio=0.0,
         )
+    if getattr(args, "liger", False) and device == "cuda":
+        from bench.shapes import accelerators
+
+        if accelerators()["liger_kernel"]:  # RMSNorm/RoPE/SwiGLU kernels; trl fuses the LM head itself
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=loaded.model, fused_linear_cross_entropy=False)
     with tempfile.TemporaryDirectory() as out:
         if arm == "baseline":
             trainer = baseline_trainer(loaded, params, data, device, Path(out))
@@ -183,6 +196,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model id/path, or 'tiny'")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--shape", choices=["1b", "7b"], help="random-init Llama of this size instead of --model")
+    ap.add_argument("--liger", action="store_true", help="Liger kernels (CUDA, when installed)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=256)
@@ -198,6 +213,7 @@ def main() -> None:
         "--model", args.model, "--device", args.device, "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--max-len", str(args.max_len),
     ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])  # fmt: skip
+    argv += (["--shape", args.shape] if args.shape else []) + (["--liger"] if args.liger else [])
     results = [run_arm(arm, argv) for arm in args.arms.split(",")]
     base = next((r for r in results if r["arm"] == "baseline" and "error" not in r), None)
     print(

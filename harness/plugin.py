@@ -98,6 +98,11 @@ class Strategy:
     def predict(self, batch: list[dict[str, Any]]) -> list[Answer]:
         raise NotImplementedError
 
+    def length_key(self, example: dict[str, Any]) -> int:
+        """How long this example's prompt is, roughly: the runner groups similar lengths into a batch
+        so short prompts are not padded to a long one. Default: the question's length in characters."""
+        return len(str(example.get("question") or ""))
+
 
 class PromptedStrategy(Strategy):
     """A strategy that builds one chat prompt per example and generates through ``ctx.backend``."""
@@ -113,6 +118,12 @@ class PromptedStrategy(Strategy):
         built = [self.build_prompt(ex) for ex in batch]
         result = self.ctx.backend.generate([p for p, _ in built], self.ctx.generation, adapter=self.adapter)
         return answers_from(result, [extra for _, extra in built])
+
+    def length_key(self, example: dict[str, Any]) -> int:
+        """Tokens of the rendered prompt (backends memoise tokenisation, so generate reuses them)."""
+        assert self.ctx is not None, "prepare() must run before length_key()"
+        backend = self.ctx.backend
+        return backend.count_tokens(backend.render(self.build_prompt(example)[0]))
 
 
 def answers_from(result: BatchGeneration, extras: list[dict[str, Any]]) -> list[Answer]:

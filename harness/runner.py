@@ -18,15 +18,17 @@ from typing import Any
 import transformers
 from tqdm.auto import tqdm
 
-from harness import plugin
+from harness import phases, plugin
 from harness.backends import get_backend, open_backend
 from harness.backends.base import GenerationBackend, require
+from harness.batching import batch_order, restore_order
 from harness.config import RunConfig, dump_config
 from harness.data import EvalSet, open_eval_set
 from harness.errors import ConfigError
 from harness.latency import LATENCY_FILE, run_probe
 from harness.manifest import hardware, now_iso, package_versions
 from harness.memory import PeakMemory, process_peak_rss_bytes
+from harness.phases import phase
 from harness.plugin import Answer, RunContext, Strategy
 from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, cache_root, read_json
 
@@ -216,6 +218,7 @@ def run(
     on_strategy_done: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> RunResult:
     source = str(config_path) if config_path else "config"
+    phases.reset()
     eval_set = open_eval_set(config.eval_set)
     examples = select_examples(eval_set, config)
     strategies = build_strategies(config, source)  # validate params before the slow model load
@@ -250,7 +253,8 @@ def run(
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
 
-    ctx = open_context(config, eval_set, run_dir)
+    with phase("load"):
+        ctx = open_context(config, eval_set, run_dir)
     backend = ctx.backend
     manifest["model"] = backend.describe()
     check_metric_capabilities(config, backend)  # fail before generating, not after
@@ -265,7 +269,8 @@ def run(
             continue
         start = time.perf_counter()
         mem = PeakMemory("auto").start()
-        strategy.prepare(ctx)
+        with phase("prepare"):  # index / train phases are recorded inside
+            strategy.prepare(ctx)
         prepared.add(strategy.id)
         prepare_seconds = time.perf_counter() - start
         bar = tqdm(
@@ -275,13 +280,15 @@ def run(
             unit="ex",
             disable=not progress,
         )
-        for batch in batches(todo, config.generation.batch_size):
-            answers, seconds = predict_timed(strategy, batch)
-            preds.append(
-                prediction_record(strategy, ex, ans, seconds, len(batch))
-                for ex, ans in zip(batch, answers, strict=True)
-            )
-            bar.update(len(batch))
+        with phase("generate"):
+            for batch in batches(batch_order(strategy, todo), config.generation.batch_size):
+                answers, seconds = predict_timed(strategy, batch)
+                preds.append(
+                    prediction_record(strategy, ex, ans, seconds, len(batch))
+                    for ex, ans in zip(batch, answers, strict=True)
+                )
+                bar.update(len(batch))
+        restore_order(preds.path, strategy.id, examples)  # example order on disk, as unsorted
         bar.close()
         mem.stop()
         cost = {
@@ -297,12 +304,17 @@ def run(
         if on_strategy_done:
             on_strategy_done(strategy.id, cost)
 
-    probe_latency(run_dir, config, ctx, strategies, prepared, examples, manifest, progress)
-    scores = compute_scores(run_dir, config, manifest, [s.id for s in strategies], backend=backend)
+    with phase("latency_probe"):
+        probe_latency(run_dir, config, ctx, strategies, prepared, examples, manifest, progress)
+    with phase("score"):
+        scores = compute_scores(run_dir, config, manifest, [s.id for s in strategies], backend=backend)
     manifest["status"] = "complete"
     manifest["finished"] = now_iso()
     atomic_write_json(run_dir / "manifest.json", manifest)
-    render_reports(run_dir)
+    with phase("report"):
+        render_reports(run_dir)
+    manifest["phases"] = phases.totals()  # this process's phases (a resumed run: only what it redid)
+    atomic_write_json(run_dir / "manifest.json", manifest)
     return RunResult(run_dir=run_dir, scores=scores)
 
 

@@ -124,12 +124,17 @@ class RagStrategy(PromptedStrategy):
 
     # -- context -------------------------------------------------------------------------------
     def context_for(
-        self, questions: list[str], hits: list[list[RetrievedChunk]]
+        self,
+        questions: list[str],
+        hits: list[list[RetrievedChunk]],
+        query_vectors: Any = None,
     ) -> list[list[RetrievedChunk]]:
         """What goes into the prompt for each question: the retrieved chunks, or (with
         ``context_sentences``) their sentences most similar to the question."""
         if self.params.context_sentences:
-            return self.retriever.select_sentences(questions, hits, self.params.context_sentences)
+            return self.retriever.select_sentences(
+                questions, hits, self.params.context_sentences, query_vectors
+            )
         return [list(h) for h in hits]
 
     def demonstrations(self, ctx: RunContext) -> tuple[Prompt, list[str]]:
@@ -200,11 +205,16 @@ class RagStrategy(PromptedStrategy):
         prompt, extra, _ = self._prompt_for(example, hits[0], context[0])
         return prompt, extra
 
+    def length_key(self, example: dict[str, Any]) -> int:
+        """The question's length: building the real prompt would retrieve per example a second time."""
+        return len(example["question"])
+
     def predict(self, batch: list[dict[str, Any]]) -> list[Answer]:
         assert self.ctx is not None, "prepare() must run before predict()"
         questions = [ex["question"] for ex in batch]
-        all_hits = self.retriever.search(questions)
-        contexts = self.context_for(questions, all_hits)
+        vectors = self.retriever.embed_queries(questions)  # the batch's questions, encoded in one call
+        all_hits = self.retriever.search_vectors(vectors)
+        contexts = self.context_for(questions, all_hits, vectors)
         built = [
             self._prompt_for(ex, hits, context)
             for ex, hits, context in zip(batch, all_hits, contexts, strict=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from harness.backends import register_backend
@@ -42,6 +44,20 @@ class FirstTokenStreamer(BaseStreamer):
         pass
 
 
+class _NewTokens(StoppingCriteria):
+    """Apply a stopping criterion to the generated tokens only (left padding: they start at one column)."""
+
+    def __init__(self, inner: StoppingCriteria, prompt_width: int):
+        self.inner = inner
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_width :]
+        if new.shape[1] == 0:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return self.inner(new, scores, **kwargs)
+
+
 @register_backend("transformers")
 class TransformersBackend:
     """Generation with a loaded transformers model; optional peft adapters selected per call."""
@@ -61,6 +77,12 @@ class TransformersBackend:
             id=loaded.info.id, revision=loaded.info.revision, trust_remote_code=loaded.info.trust_remote_code
         )
         self.cache_dir = cache_dir
+        # Rendered prompt text -> token ids: a prompt tokenised to fit the window (RAG) or to sort a batch
+        # by length is not tokenised again when it is generated. Bounded; cleared when full.
+        self._ids_cache: dict[str, list[int]] = {}
+        # Static KV cache + torch.compile: helps on GPU for repeated batch shapes; off by default (on CPU and
+        # for the demo's varying shapes recompilation costs more than it saves). ADAPTBENCH_STATIC_CACHE=1.
+        self.static_cache = os.environ.get("ADAPTBENCH_STATIC_CACHE", "") == "1"
 
     @classmethod
     def open(cls, model_cfg: ModelConfig, cache_dir: Path) -> TransformersBackend:
@@ -79,7 +101,7 @@ class TransformersBackend:
         return "\n\n".join(lines) + "\n\nAssistant:"
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self._ids(text))
 
     # -- adapters ------------------------------------------------------------------------------
     def load_adapter(self, path: str, name: str) -> None:
@@ -130,8 +152,7 @@ class TransformersBackend:
         self, prompts: list[Prompt], max_new_tokens: int
     ) -> tuple[dict[str, torch.Tensor], list[int], list[bool]]:
         budget = max(8, self.context_window - max_new_tokens)
-        texts = [self.render(p) for p in prompts]
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [self._ids(self.render(p)) for p in prompts]
         truncated = [len(x) > budget for x in ids]
         # Keep the end of an over-long prompt: the question and the generation prompt live there.
         ids = [x[-budget:] for x in ids]
@@ -152,6 +173,15 @@ class TransformersBackend:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            # Per-row stopping inside generate: a row that produced a stop string is finished (pads
+            # from then on), and the batch ends as soon as every row is finished, instead of running
+            # to max_new_tokens and cutting the text afterwards. Greedy text is unchanged (cut below).
+            kwargs["stopping_criteria"] = self._stop_criteria(
+                tuple(params.stop), inputs["input_ids"].shape[1]
+            )
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"
         if probing():  # a latency-probe request: observe when the first new token exists
             kwargs["streamer"] = FirstTokenStreamer()
         if self.device == "cuda":
@@ -170,10 +200,35 @@ class TransformersBackend:
         stop_ids.discard(None)
         results = []
         for row, n_prompt, trunc in zip(new.tolist(), lengths, truncated, strict=True):
-            n_new = next((i + 1 for i, tok in enumerate(row) if tok in stop_ids), len(row))
-            text = self.tokenizer.decode(row[:n_new], skip_special_tokens=True)
+            n_new, text = self._row_length(row, stop_ids, params.stop)
             results.append(Generation(cut_at_stop(text, params.stop), n_prompt, n_new, trunc))
         return BatchGeneration(results, seconds)
+
+    def _stop_criteria(self, stops: tuple[str, ...], prompt_width: int) -> Any:
+        """The library's ``StopStringCriteria`` for ``stops``, matched on the new tokens only.
+
+        The library's criterion reads the whole sequence, so a prompt ending in "\n" (every chat
+        template's generation prompt) plus a first generated "\n" would match "\n\n" and end the answer
+        before it starts, which cutting afterwards never did. Built once per backend: construction reads
+        and hashes the whole vocabulary (tens of ms), which would otherwise land in every request's TTFT.
+        """
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        cache = self.__dict__.setdefault("_stop_cache", {})
+        if stops not in cache:
+            cache[stops] = StopStringCriteria(self.tokenizer, list(stops))
+        return StoppingCriteriaList([_NewTokens(cache[stops], prompt_width)])
+
+    def _row_length(self, row: list[int], stop_ids: set[int], stops: list[str]) -> tuple[int, str]:
+        """(tokens this row really generated, their text). A row ends at its EOS (counted, it was
+        generated) or, with stop strings, at the token completing one: the pad after it is filler."""
+        end = next((i for i, tok in enumerate(row) if tok in stop_ids), None)
+        if end is None:
+            return len(row), self.tokenizer.decode(row, skip_special_tokens=True)
+        before = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+        if stops and any(stop in before for stop in stops):
+            return end, before
+        return end + 1, self.tokenizer.decode(row[: end + 1], skip_special_tokens=True)
 
     # -- log-likelihood (LogLikelihood) --------------------------------------------------------
     @property
@@ -185,7 +240,13 @@ class TransformersBackend:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of ``text`` (no special tokens added), memoised: callers get a copy-safe list."""
+        ids = self._ids_cache.get(text)
+        if ids is None:
+            if len(self._ids_cache) >= 512:
+                self._ids_cache.clear()
+            ids = self._ids_cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(ids)
 
     def completion_nll(
         self,

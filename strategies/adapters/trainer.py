@@ -24,6 +24,7 @@ from harness.backends.base import TrainableBase, require
 from harness.errors import DataError
 from harness.memory import PeakMemory
 from harness.optional import require_module
+from harness.phases import phase
 from harness.plugin import RunContext
 from harness.rundir import atomic_write_json, read_json
 from strategies.adapters import cache
@@ -162,6 +163,10 @@ def build_trainer(
         eval_packing=False,
         completion_only_loss=True,
         eval_strategy="steps" if evaluate else "no",
+        # Validation needs the loss only. Without this, every evaluation runs a second forward pass for
+        # the full logits and keeps them for the whole validation set (rows x length x vocab floats:
+        # gigabytes for a 49k vocabulary), which is most of the demo's peak memory.
+        prediction_loss_only=True,
         eval_steps=eval_steps,
         save_strategy="steps" if early else "no",
         save_steps=eval_steps,
@@ -257,7 +262,7 @@ def train_adapter(
         return TrainResult(target, read_json(target / cache.RECORD_FILE), True, data)
 
     device = backend.device
-    with cache.staging_dir(target) as tmp:
+    with phase("train"), cache.staging_dir(target) as tmp:
         import transformers
 
         transformers.set_seed(ctx.seed)

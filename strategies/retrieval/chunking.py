@@ -149,11 +149,13 @@ def select_sentences(
     questions: Sequence[str],
     hits: Sequence[Sequence[RetrievedChunk]],
     n: int,
+    query_vectors: np.ndarray | None = None,
 ) -> list[list[RetrievedChunk]]:
     """Context compression: per question, the ``n`` sentences of its retrieved chunks most similar to
     it, best first, as ``RetrievedChunk`` pieces with ids ``<chunk_id>.s<n>`` and document offsets.
     ``embed_texts`` returns L2-normalised embeddings (the retriever's model). Questions whose chunks have
-    no sentences keep the chunks.
+    no sentences keep the chunks. ``query_vectors``: the questions' embeddings when the caller already
+    has them (from the search), so a batch's questions are encoded once.
     """
     per_question: list[list[Chunk]] = []
     texts: dict[str, int] = {}
@@ -170,7 +172,7 @@ def select_sentences(
     if not texts:
         return [list(row) for row in hits]
     vectors = embed_texts(list(texts))
-    queries = embed_texts(list(questions))
+    queries = query_vectors if query_vectors is not None else embed_texts(list(questions))
     out: list[list[RetrievedChunk]] = []
     for q, cands, row in zip(queries, per_question, hits, strict=True):
         if not cands:

@@ -23,6 +23,7 @@ import numpy as np
 from harness.data import Document
 from harness.errors import ConfigError
 from harness.optional import require_module
+from harness.phases import phase
 from harness.scoring.embeddings import load_embedder
 from strategies.retrieval.cache import atomic_write_bytes, cache_key, doc_hash, write_cache_folder
 from strategies.retrieval.chunking import Chunk, RetrievedChunk, chunk_documents, select_sentences
@@ -120,9 +121,10 @@ class Retriever:
             raise ConfigError(
                 f"{ctx.eval_set.root}: eval set has no knowledge base; retrieval strategies need kb/*.md or kb.jsonl"
             )
-        retriever = cls.build(ctx.eval_set.documents, params, ctx.cache_dir, progress=True)
-        if ctx.eval_set.kb_updates:
-            retriever.apply_updates(ctx.eval_set.kb_updates)
+        with phase("index"):
+            retriever = cls.build(ctx.eval_set.documents, params, ctx.cache_dir, progress=True)
+            if ctx.eval_set.kb_updates:
+                retriever.apply_updates(ctx.eval_set.kb_updates)
         ctx.log.info(
             "retriever: %d chunks, %s index, cache %s, %s",
             retriever.n_chunks,
@@ -295,13 +297,17 @@ class Retriever:
         return self.search_vectors(self.embed_queries(queries), k)
 
     def select_sentences(
-        self, questions: Sequence[str], hits: Sequence[Sequence[RetrievedChunk]], n: int
+        self,
+        questions: Sequence[str],
+        hits: Sequence[Sequence[RetrievedChunk]],
+        n: int,
+        query_vectors: np.ndarray | None = None,
     ) -> list[list[RetrievedChunk]]:
         """Context compression: per question, the ``n`` sentences of its retrieved chunks most similar
         to it (same embedding model), best first, as ``RetrievedChunk`` pieces with ids
         ``<chunk_id>.s<n>`` and document offsets. Questions whose chunks have no sentences keep the chunks.
         """
-        return select_sentences(self.embed_texts, questions, hits, n)
+        return select_sentences(self.embed_texts, questions, hits, n, query_vectors)
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[RetrievedChunk]]:
         faiss = require_module("faiss", "RAG retrieval")

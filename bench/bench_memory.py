@@ -1,0 +1,124 @@
+"""Memory benchmark: peak RSS per phase of the demo, and the adapter validation pass with/without logits.
+
+    python bench/bench_memory.py [--limit 16] [--strategies qlora,rag_qlora] [--skip-demo]
+
+1. Phases: the demo (configs/demo.yaml, fresh cache, first ``--limit`` test examples; training and index
+   build do not depend on the limit) in a subprocess; peak and end-of-phase RSS per phase from
+   ``manifest["phases"]`` (see bench/bench_demo.py). ``end MiB`` after ``train`` shows whether the 4-bit
+   training copy was released (it should return to about the level before training).
+2. Validation pass: for each adapter strategy of the demo, one ``trainer.evaluate()`` on its validation rows
+   over the 4-bit training base, in a fresh subprocess per arm: ``loss_only`` (the trainer's setting,
+   ``prediction_loss_only=True``) vs ``with_logits`` (the transformers default, which adds a forward pass
+   for the full logits and keeps them for the whole validation set). Prints peak RSS and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEMO = REPO / "configs" / "demo.yaml"
+
+
+def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
+    import time
+
+    from harness import plugin
+    from harness.config import load_config
+    from harness.data import load_eval_set
+    from harness.memory import PeakMemory
+    from harness.runner import open_context
+    from strategies.adapters.data import build_data
+    from strategies.adapters.quantized import load_training_base, prepare_for_training
+    from strategies.adapters.trainer import build_trainer
+
+    cfg = load_config(DEMO)
+    cfg.cache_dir = cache
+    index = next(i for i, s in enumerate(cfg.strategies) if s.key == strategy_id)
+    strategy = plugin.build(cfg.strategies[index], index)
+    ctx = open_context(cfg, load_eval_set(cfg.eval_set.path), cache / "run")
+    strategy.setup(ctx)
+    params = strategy.params
+    data = build_data(ctx, params, strategy.training_prompts)
+    loaded, quant, _ = load_training_base(ctx.backend, params)
+    model = prepare_for_training(loaded.model, quant, params)
+    trainer = build_trainer(model, loaded.tokenizer, params, data, ctx.backend.device, cache / "ckpt", 0, arm)
+    trainer.args.prediction_loss_only = arm == "loss_only"
+    with PeakMemory(ctx.backend.device) as mem:
+        start = time.perf_counter()
+        loss = trainer.evaluate()["eval_loss"]
+        seconds = time.perf_counter() - start
+    return {
+        "strategy": strategy_id,
+        "arm": arm,
+        "rows": len(data.validation),
+        "eval_loss": loss,
+        "seconds": round(seconds, 2),
+        "rss_before_bytes": mem.start_rss,
+        "peak_bytes": mem.peak,
+        "kind": mem.kind,
+    }
+
+
+def subprocess_json(cmd: list[str]) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": f"exit {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-5:])}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=16)
+    ap.add_argument("--strategies", default="qlora,rag_qlora")
+    ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--eval-worker", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.eval_worker:
+        sid, arm, cache = args.eval_worker
+        print(json.dumps(eval_worker(sid, arm, Path(cache))))
+        return
+
+    if not args.skip_demo:
+        from bench.bench_demo import print_results
+
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+            demo = REPO / "bench" / "bench_demo.py"
+            res = subprocess_json(
+                [sys.executable, str(demo), "--worker", "current", "--cache", "fresh", "--out", tmp]
+                + ["--limit", str(args.limit)]
+            )
+        print(f"== demo phases (fresh cache, limit {args.limit}) ==")
+        print_results([{"arm": "current", **res}])
+
+    print("\n== adapter validation pass: trainer.evaluate() peak memory ==")
+    print(
+        f"{'strategy':<12}{'arm':<13}{'rows':>6}{'eval_loss':>11}{'seconds':>9}{'before MiB':>12}{'peak MiB':>10}{'x loss_only':>12}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-memory-eval-") as cache:
+        for sid in args.strategies.split(","):
+            rows = {}
+            for arm in ("loss_only", "with_logits"):
+                rows[arm] = subprocess_json([sys.executable, __file__, "--eval-worker", sid, arm, cache])
+            base = rows["loss_only"]
+            for arm, r in rows.items():
+                if "error" in r:
+                    print(f"{sid:<12}{arm:<13} failed: {r['error']}")
+                    continue
+                ratio = f"{r['peak_bytes'] / base['peak_bytes']:.2f}" if "error" not in base else "-"
+                print(
+                    f"{sid:<12}{arm:<13}{r['rows']:>6}{r['eval_loss']:>11.4f}{r['seconds']:>9.1f}"
+                    f"{r['rss_before_bytes'] / 2**20:>12.0f}{r['peak_bytes'] / 2**20:>10.0f}{ratio:>12}"
+                )
+    print("eval_loss must be equal in both arms (the setting changes memory and time, not the number).")
+
+
+if __name__ == "__main__":
+    main()
