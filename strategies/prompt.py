@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import jinja2
 from pydantic import Field, field_validator
 
 from harness.backends.base import Prompt
 from harness.data import EvalSet
 from harness.plugin import Params, PromptedStrategy, RunContext, register
 from strategies.shots import sample_shots, shots_problems
-from strategies.templates import load_template
+from strategies.templates import check_template, load_template
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a customer-support assistant. Answer the customer's question in one short, factual sentence."
@@ -29,12 +28,7 @@ class PromptParams(Params):
     @field_validator("template")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                load_template(value, "question.j2")
-            except jinja2.TemplateError as exc:
-                raise ValueError(f"template does not compile: {exc}") from None
-        return value
+        return check_template(value, "question.j2")
 
 
 @register

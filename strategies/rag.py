@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jinja2
 from pydantic import Field, field_validator
 
 from harness.backends.base import Prompt
@@ -28,7 +27,7 @@ from strategies.retrieval import (
     source_chunk_id,
 )
 from strategies.shots import sample_shots, shots_problems
-from strategies.templates import load_template
+from strategies.templates import check_template, load_template
 
 DEFAULT_RAG_SYSTEM_PROMPT = (
     "You are a customer-support assistant. Answer the question using only the facts in the context. "
@@ -61,12 +60,7 @@ class RagParams(RetrievalParams):
     @field_validator("template")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                load_template(value, DEFAULT_RAG_TEMPLATE)
-            except jinja2.TemplateError as exc:
-                raise ValueError(f"template does not compile: {exc}") from None
-        return value
+        return check_template(value, DEFAULT_RAG_TEMPLATE)
 
 
 @register

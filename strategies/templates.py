@@ -31,3 +31,13 @@ def load_template(name_or_text: str | None, default: str) -> jinja2.Template:
     if name_or_text.endswith(".j2") and Path(name_or_text).is_file():
         return _env().from_string(Path(name_or_text).read_text(encoding="utf-8"))
     return _env().from_string(name_or_text)
+
+
+def check_template(value: str | None, default: str) -> str | None:
+    """Pydantic validator body: ``value`` (a template param) must compile; one-line error if not."""
+    if value is not None:
+        try:
+            load_template(value, default)
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"template does not compile: {exc}") from None
+    return value
