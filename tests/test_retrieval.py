@@ -313,8 +313,10 @@ def test_faithfulness_metric_scores_grounded_answers_higher():
         contexts=[ctx, ctx, ctx, ctx],
     )
     grounded, invented, empty, bare = out["scores"]
-    assert grounded == 1.0 and empty == 0.0 and bare == 1.0
-    assert invented == pytest.approx(1 / 4)  # 90, free, shipping unsupported; "day" supported
+    # A content-free "Yes." is not grounded in anything (it used to score 1.0, a cheap trick).
+    assert grounded == 1.0 and empty == 0.0 and bare == 0.0
+    assert invented == 0.0  # a number the context lacks (90) makes the claim unsupported
+    assert out["unsupported"][1] == ["90"]
     assert out["score"] == pytest.approx(sum(out["scores"]) / 4)
 
 
