@@ -20,6 +20,7 @@ import torch
 
 from harness.config import DEFAULT_MODEL, ModelConfig
 from harness.errors import ModelError
+from harness.locks import build_lock
 from harness.rundir import cache_root  # noqa: F401 - re-exported (loading.cache_root)
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,25 @@ def smollm2_gguf_path() -> Path:
 
 def dequantized_default_model(cache: Path) -> tuple[Path, bool]:
     """Return (directory of safetensors copy, was_cached). Builds it atomically on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
     gguf = smollm2_gguf_path()
     target = cache / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}"
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    if _complete(target):
         return target, True
+    with build_lock(target, "dequantised default model"):  # a twin run may be writing it right now
+        if _complete(target):
+            return target, True
+        _dequantize(gguf, target)
+    return target, False
+
+
+def _complete(target: Path) -> bool:
+    return (target / "model.safetensors").is_file() and (target / "config.json").is_file()
+
+
+def _dequantize(gguf: Path, target: Path) -> None:
+    """Write the safetensors copy into a temp folder and rename it into place (caller holds the lock)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
     log.info("dequantising %s (first run only, ~20 s)", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
@@ -88,7 +102,6 @@ def dequantized_default_model(cache: Path) -> tuple[Path, bool]:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target, False
 
 
 @dataclass

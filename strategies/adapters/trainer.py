@@ -20,9 +20,12 @@ from typing import Any
 
 import torch
 
+from harness import signals
 from harness.backends.base import TrainableBase, require
 from harness.errors import DataError
+from harness.locks import build_lock
 from harness.memory import PeakMemory
+from harness.oom import retry_halving
 from harness.plugin import RunContext
 from harness.rundir import atomic_write_json, read_json
 from strategies.adapters import cache
@@ -243,7 +246,7 @@ def train_adapter(
     label: str = "adapter",
 ) -> TrainResult:
     """Train (or fetch from the cache) a LoRA adapter for the run's base model."""
-    backend = require(ctx.backend, TrainableBase, "adapter training")
+    require(ctx.backend, TrainableBase, "adapter training")
     data = build_data(ctx, params, prompts)
     if not data.train:
         raise DataError(f"{ctx.eval_set.root}: no training examples for {label}")
@@ -252,7 +255,37 @@ def train_adapter(
     if params.cache and cache.is_cached(target):
         log.info("%s: adapter cache hit %s", label, target)
         return TrainResult(target, read_json(target / cache.RECORD_FILE), True, data)
+    with build_lock(target, "adapter"):  # a twin run training the same adapter: wait, then hit
+        if params.cache and cache.is_cached(target):
+            log.info("%s: adapter cache hit %s (trained by another process)", label, target)
+            return TrainResult(target, read_json(target / cache.RECORD_FILE), True, data)
+        with signals.immediate():  # no safe midpoint: an interrupt abandons the staging folder
+            return _train_halving(ctx, params, data, key, target, label)
 
+
+def _train_halving(
+    ctx: RunContext, params: TrainParams, data: TrainData, key: str, target: Path, label: str
+) -> TrainResult:
+    """Train; on out-of-memory halve the per-device batch (doubling accumulation keeps the effective
+    batch) and retry down to 1. The cache key stays that of the configured params."""
+    grad_accum = params.grad_accum
+
+    def attempt(size: int) -> TrainResult:
+        factor = params.batch_size // size
+        tried = params.model_copy(update={"batch_size": size, "grad_accum": grad_accum * factor})
+        return _train_once(ctx, tried, data, key, target, label)
+
+    result, events = retry_halving(f"{label} training", params.batch_size, attempt)
+    if events:
+        result.record["oom_retries"] = events
+        atomic_write_json(target / cache.RECORD_FILE, result.record)
+    return result
+
+
+def _train_once(
+    ctx: RunContext, params: TrainParams, data: TrainData, key: str, target: Path, label: str
+) -> TrainResult:
+    backend: Any = ctx.backend
     device = backend.device
     with cache.staging_dir(target) as tmp:
         import transformers
