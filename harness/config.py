@@ -7,6 +7,7 @@ Every validation problem becomes a one-line ``ConfigError`` naming the YAML path
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,6 +44,11 @@ class ModelConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quantization: Literal["none", "4bit", "8bit"] = "none"
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(
+        False,
+        description="load pickle (.bin/.pt) checkpoints; they can run arbitrary code when loaded, so "
+        "only for files you trust. Default: safetensors only",
+    )
     max_context: int | None = Field(None, gt=0, description="override the model's context window (tokens)")
 
 
@@ -69,6 +75,9 @@ class LatencyProbeConfig(StrictModel):
     warmup: int = Field(2, ge=0, description="requests per strategy sent first and not counted")
 
 
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
 class StrategySpec(BaseModel):
     """One strategy entry: a registry ``name``, an optional unique ``id`` and the strategy's own params."""
 
@@ -76,6 +85,17 @@ class StrategySpec(BaseModel):
 
     name: str
     id: str | None = None
+
+    @model_validator(mode="after")
+    def _safe_key(self) -> StrategySpec:
+        # The key names files (training/<id>.json, cache labels): no path separators, no "..".
+        if not SAFE_ID.fullmatch(self.key):
+            what = "id" if self.id is not None else "name"
+            raise ValueError(
+                f"strategy {what} {self.key!r}: use letters, digits and _ . + - only "
+                "(it names files in the run folder)"
+            )
+        return self
 
     @property
     def key(self) -> str:

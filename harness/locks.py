@@ -18,6 +18,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from harness.errors import AdaptbenchError
+from harness.rundir import ensure_dir
 
 log = logging.getLogger("adaptbench")
 
@@ -31,7 +32,7 @@ def lock_path(target: Path) -> Path:
 @contextmanager
 def build_lock(target: Path, what: str = "cache entry", timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     """Hold the build lock of ``target`` (a cache folder) for the block; log when another process has it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(target.parent)
     lock = FileLock(str(lock_path(target)))
     try:
         lock.acquire(timeout=0)

@@ -30,7 +30,14 @@ from harness.manifest import hardware, now_iso, package_versions
 from harness.memory import PeakMemory, process_peak_rss_bytes
 from harness.oom import BatchBackoff
 from harness.plugin import Answer, RunContext, Strategy
-from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, cache_root, read_json
+from harness.rundir import (
+    PredictionLog,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    ensure_dir,
+    read_json,
+)
 
 log = logging.getLogger("adaptbench")
 
@@ -195,7 +202,7 @@ def train(
         names = ", ".join(sorted({s.name for s in config.strategies}))
         raise ConfigError(f"{source}: no strategy here trains anything ({names}); add e.g. a qlora strategy")
     run_dir = run_dir or (config.output_dir / make_run_id(config, config_path, "train"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(run_dir)
     signals.set_run_dir(run_dir)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
     ctx = open_context(config, eval_set, run_dir)
@@ -217,7 +224,7 @@ def run(
     get_backend(config.model.backend)  # and the backend name
 
     run_dir = run_dir or (config.output_dir / make_run_id(config, config_path))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(run_dir)
     signals.set_run_dir(run_dir)
     previous = check_resumable(run_dir, config, eval_set)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))

@@ -117,6 +117,7 @@ class ModelInfo:
     context_window: int
     parameters: int
     trust_remote_code: bool
+    allow_pickle: bool = False
 
 
 @dataclass
@@ -135,6 +136,22 @@ def resolve_source(cfg: ModelConfig, cache: Path) -> tuple[str, bool]:
         path, cached = dequantized_default_model(cache)
         return str(path), cached
     return cfg.id, Path(cfg.id).is_dir()
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(source: str, cfg: ModelConfig) -> None:
+    """A local folder with pickle weights and no safetensors: say why it is refused and how to allow it."""
+    folder = Path(source)
+    if cfg.allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(
+            f"model.id: {folder} has only pickle weights ({', '.join(pickles[:3])}), which can run code when "
+            "loaded; convert them to safetensors, or set model.allow_pickle: true if you trust the files"
+        )
 
 
 def quantization_config(kind: str, compute_dtype: torch.dtype):
@@ -186,13 +203,15 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
     kwargs: dict[str, Any] = {
         "revision": cfg.revision,
         "trust_remote_code": cfg.trust_remote_code,
-        "use_safetensors": True,
+        # None lets transformers fall back to pickle weights; True refuses them (the default).
+        "use_safetensors": None if cfg.allow_pickle else True,
         "dtype": dtype,
     }
     qconf = quantization_config(quant, dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    refuse_pickle_only(source, cfg)
     try:
         tokenizer = load_tokenizer(source, cfg)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -218,5 +237,6 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
         context_window=context_window(model, tokenizer, cfg.max_context),
         parameters=sum(p.numel() for p in model.parameters()),
         trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)

@@ -27,7 +27,7 @@ from harness.locks import build_lock
 from harness.memory import PeakMemory
 from harness.oom import retry_halving
 from harness.plugin import RunContext
-from harness.rundir import atomic_write_json, read_json
+from harness.rundir import STORAGE_ERRNOS, atomic_write_json, read_json, storage_error
 from strategies.adapters import cache
 from strategies.adapters.data import PromptBuilder, TrainData, build_data
 from strategies.adapters.params import TRAIN_KEYS, TrainParams
@@ -275,7 +275,12 @@ def _train_halving(
         tried = params.model_copy(update={"batch_size": size, "grad_accum": grad_accum * factor})
         return _train_once(ctx, tried, data, key, target, label)
 
-    result, events = retry_halving(f"{label} training", params.batch_size, attempt)
+    try:
+        result, events = retry_halving(f"{label} training", params.batch_size, attempt)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(target, exc) from None  # the staging folder is gone; nothing published
     if events:
         result.record["oom_retries"] = events
         atomic_write_json(target / cache.RECORD_FILE, result.record)
