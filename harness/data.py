@@ -245,15 +245,26 @@ def load_eval_set(root: str | Path) -> EvalSet:
 
     splits: dict[str, datasets.Dataset] = {}
     seen_ids: dict[str, str] = {}
+    known = {d.id for d in documents} | {d.id for d in updates}
     for split in SPLITS:
         path = _find_split_file(root, split)
         if path is None:
             continue
-        rows = _validate_rows(path, _read_jsonl(path) if path.suffix == ".jsonl" else _read_csv(path))
-        for row in rows:
+        raw = _read_jsonl(path) if path.suffix == ".jsonl" else _read_csv(path)
+        rows = _validate_rows(path, raw)
+        for (lineno, _), row in zip(raw, rows, strict=True):
             if row["id"] in seen_ids:
-                raise DataError(f"{path}: duplicate example id {row['id']!r} (also in {seen_ids[row['id']]})")
-            seen_ids[row["id"]] = path.name
+                raise DataError(
+                    f"{path}:{lineno}: duplicate example id {row['id']!r} (also at {seen_ids[row['id']]}); "
+                    "give every example a unique id"
+                )
+            seen_ids[row["id"]] = f"{path.name}:{lineno}"
+            missing = [c for c in row["context_ids"] if c not in known]
+            if known and missing:
+                raise DataError(
+                    f"{path}:{lineno}: example {row['id']!r} cites unknown document {missing[0]!r} "
+                    "(context_ids must name kb/ documents)"
+                )
         features = datasets.Features(
             {
                 "id": datasets.Value("string"),
@@ -274,16 +285,6 @@ def load_eval_set(root: str | Path) -> EvalSet:
         raise DataError(
             f"{root}: no split files found; expected test.jsonl (or .csv), optionally train/validation"
         )
-
-    known = {d.id for d in documents} | {d.id for d in updates}
-    if known:
-        for split, ds in splits.items():
-            for row in ds:
-                missing = [c for c in row["context_ids"] if c not in known]
-                if missing:
-                    raise DataError(
-                        f"{root}/{split}: example {row['id']!r} cites unknown document {missing[0]!r}"
-                    )
 
     hashes = {
         str(p.relative_to(root)): sha256_file(p)

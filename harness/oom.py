@@ -92,7 +92,7 @@ class BatchBackoff:
             yield chunk, result
 
     def _halve(self, failed: int, why: str) -> None:
-        new = max(1, failed // 2)
+        new = max(1, (failed + 1) // 2)  # halve, rounding up: 6 -> 3 -> 2 -> 1
         self.events.append({"from": failed, "to": new, "error": why})
         log.warning("%s: out of memory at batch size %d; retrying at %d", self.who, failed, new)
         self.size = new
