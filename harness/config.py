@@ -363,6 +363,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply; a run config is a few levels of keys") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -370,7 +372,31 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    if _too_big(data):
+        raise ConfigError(
+            f"{path}: config expands to over {MAX_CONFIG_VALUES} values (YAML anchors/aliases?); write it out plainly"
+        )
     return data
+
+
+MAX_CONFIG_VALUES = 100_000
+
+
+def _too_big(data: Any) -> bool:
+    """A YAML alias bomb loads as shared references but validates as billions of values: count first."""
+    budget = MAX_CONFIG_VALUES
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
