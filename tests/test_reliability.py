@@ -287,3 +287,43 @@ def test_build_lock_second_process_waits_then_hits(tmp_path):
 def test_atomic_write_text_roundtrip(tmp_path):
     atomic_write_text(tmp_path / "a" / "b.txt", "x")
     assert (tmp_path / "a" / "b.txt").read_text() == "x"
+
+
+# -- untrusted text in Markdown; truncation shown ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "<script>alert(1)</script>",
+        '"><img src=x onerror=alert(1)>',
+        "a | b | c",
+        "[click](javascript:alert(1))",
+        "![img](http://x/y.png)",
+        "`code` ```fence```",
+        "bell\x07 esc\x1b[31m rtl\u202eevil nul\x00",
+        "**bold** _it_ # head",
+    ],
+)
+def test_markdown_cells_neutralise_untrusted_text(payload):
+    import re
+
+    from harness.report.markdown import _md
+
+    out = _md(payload)
+    assert "<" not in out and ">" not in out
+    assert not re.search(r"(?<!\\)[|`\[\]()*_]", out), out  # every Markdown metacharacter escaped
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202e]", out)
+    assert "\n" not in out
+
+
+def test_truncated_prompts_are_counted_in_the_report(write_config, tmp_path):
+    cfg = write_config(model={"max_context": 24}, **LIGHT)
+    out = tmp_path / "run"
+    run(load_config(cfg), config_path=cfg, run_dir=out, progress=False)
+    n = sum(json.loads(x)["prompt_truncated"] for x in (out / "predictions.jsonl").read_text().splitlines())
+    assert n > 0
+    assert f"prompts truncated to fit the context window: zero_shot {n}" in (out / "report.html").read_text()
+    assert (
+        f"Prompts truncated to fit the context window: zero\\_shot {n}." in (out / "summary.md").read_text()
+    )
