@@ -26,13 +26,14 @@ DEFAULT_TIMEOUT_S = 6 * 3600.0  # a long training run on a slow machine; a dead 
 
 
 def lock_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.lock"
+    """``<cache>/.locks/<kind>-<entry>.lock``: beside the cache, not among its entries."""
+    return target.parent.parent / ".locks" / f"{target.parent.name}-{target.name}.lock"
 
 
 @contextmanager
 def build_lock(target: Path, what: str = "cache entry", timeout: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     """Hold the build lock of ``target`` (a cache folder) for the block; log when another process has it."""
-    ensure_dir(target.parent)
+    ensure_dir(lock_path(target).parent)
     lock = FileLock(str(lock_path(target)))
     try:
         lock.acquire(timeout=0)
