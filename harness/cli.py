@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import logging
 import os
+import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,35 @@ def set_verbosity(verbose: bool = False, quiet: bool = False) -> None:
     logging.getLogger("adaptbench").setLevel(logging.ERROR if quiet else logging.INFO)
     if not verbose:
         _quiet_libraries()
+
+
+@contextlib.contextmanager
+def stopping(
+    config: str, fallback: Path, command: str = "run", options: dict[str, Any] | None = None
+) -> Iterator[None]:
+    """Ctrl-C / SIGTERM: the runner stops after the batch in flight (``harness.signals``); say how to
+    resume and exit 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as shells expect."""
+    from harness import signals
+
+    try:
+        with signals.graceful_stop():
+            yield
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)
+        where = getattr(exc, "run_dir", None) or signals.run_dir()
+        out = shlex.quote(str(where)) if where else f"<run folder in {fallback}>"
+        flags = "".join(
+            f" --{name.replace('_', '-')} {shlex.quote(str(v))}"
+            for name, value in (options or {}).items()
+            for v in (value if isinstance(value, (list, tuple)) else [value])
+            if v is not None
+        )
+        click.echo(
+            f"\ninterrupted; finished batches are saved. Resume with: "
+            f"adaptbench {command} {shlex.quote(config)}{flags} --out {out}",
+            err=True,
+        )
+        sys.exit(code)
 
 
 def verbosity(fn):
@@ -193,15 +225,9 @@ def run(
 
     cfg = use_adapters(_load(config, model, limit, strategies), list(adapters))
     run_dir = Path(out).resolve() if out else None
-    try:
+    options = {"model": model, "limit": limit, "strategies": strategies, "adapter": adapters}
+    with stopping(config, run_dir or cfg.output_dir, options=options):
         result = run_harness(cfg, config_path=Path(config), run_dir=run_dir, progress=not no_progress)
-    except KeyboardInterrupt:
-        where = run_dir or cfg.output_dir
-        click.echo(
-            f"\ninterrupted; finished batches are saved. Resume with: adaptbench run {config} --out <run folder in {where}>",
-            err=True,
-        )
-        sys.exit(130)
     print_summary(result.run_dir)
 
 
@@ -217,9 +243,11 @@ def train(config: str, model: str | None, strategies: str | None, out: str | Non
     from harness.runner import train as train_harness
 
     cfg = _load(config, model, None, strategies)
-    run_dir, results = train_harness(
-        cfg, config_path=Path(config), run_dir=Path(out).resolve() if out else None
-    )
+    options = {"model": model, "strategies": strategies}
+    with stopping(config, Path(out).resolve() if out else cfg.output_dir, "train", options):
+        run_dir, results = train_harness(
+            cfg, config_path=Path(config), run_dir=Path(out).resolve() if out else None
+        )
     for sid, res in results.items():
         rec = res.record
         status = "cached" if res.cache_hit else "trained"

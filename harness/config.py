@@ -47,6 +47,11 @@ class ModelConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quantization: Literal["none", "4bit", "8bit"] = "none"
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(
+        False,
+        description="load pickle (.bin/.pt) checkpoints; they can run arbitrary code when loaded, so "
+        "only for files you trust. Default: safetensors only",
+    )
     max_context: int | None = Field(None, gt=0, description="override the model's context window (tokens)")
     # -- served models (``backend: openai``; see docs/scaling.md) -------------------------------------
     base_url: str | list[str] | None = Field(
@@ -152,6 +157,9 @@ class LatencyProbeConfig(StrictModel):
     warmup: int = Field(2, ge=0, description="requests per strategy sent first and not counted")
 
 
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
 class StrategySpec(BaseModel):
     """One strategy entry: a registry ``name``, an optional unique ``id`` and the strategy's own params."""
 
@@ -159,6 +167,17 @@ class StrategySpec(BaseModel):
 
     name: str
     id: str | None = None
+
+    @model_validator(mode="after")
+    def _safe_key(self) -> StrategySpec:
+        # The key names files (training/<id>.json, cache labels): no path separators, no "..".
+        if not SAFE_ID.fullmatch(self.key):
+            what = "id" if self.id is not None else "name"
+            raise ValueError(
+                f"strategy {what} {self.key!r}: use letters, digits and _ . + - only "
+                "(it names files in the run folder)"
+            )
+        return self
 
     @property
     def key(self) -> str:
@@ -426,6 +445,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply; a run config is a few levels of keys") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -433,7 +454,31 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    if _too_big(data):
+        raise ConfigError(
+            f"{path}: config expands to over {MAX_CONFIG_VALUES} values (YAML anchors/aliases?); write it out plainly"
+        )
     return data
+
+
+MAX_CONFIG_VALUES = 100_000
+
+
+def _too_big(data: Any) -> bool:
+    """A YAML alias bomb loads as shared references but validates as billions of values: count first."""
+    budget = MAX_CONFIG_VALUES
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -315,30 +315,29 @@ def load_eval_set(root: str | Path, columns: dict[str, str] | None = None, forma
 
     splits: dict[str, datasets.Dataset] = {}
     seen_ids: dict[str, str] = {}
+    known = {d.id for d in documents} | {d.id for d in updates}
     for split, (where, numbered) in raw.items():
         mapped = _map_columns(where, numbered, columns, split, table=fmt != "folder")
         rows = _validate_rows(Path(where), mapped)
-        for row in rows:
+        for (lineno, _), row in zip(mapped, rows, strict=True):
+            at = f"{where}:{lineno}"
             if row["id"] in seen_ids:
                 raise DataError(
-                    f"{where}: duplicate example id {row['id']!r} (also in {seen_ids[row['id']]})"
+                    f"{at}: duplicate example id {row['id']!r} (also at {seen_ids[row['id']]}); "
+                    "give every example a unique id"
                 )
-            seen_ids[row["id"]] = Path(where).name
+            seen_ids[row["id"]] = f"{Path(where).name}:{lineno}"
+            missing = [c for c in row["context_ids"] if c not in known] if known else []
+            if missing:
+                raise DataError(
+                    f"{at}: example {row['id']!r} cites unknown document {missing[0]!r}; "
+                    "context_ids must name files in kb/ or kb_updates/"
+                )
         splits[split] = _to_dataset(split, rows)
     if not splits:
         raise DataError(
             f"{root}: no split files found; expected test.jsonl (or .csv), optionally train/validation"
         )
-
-    known = {d.id for d in documents} | {d.id for d in updates}
-    if known:
-        for split, ds in splits.items():
-            for row in ds:
-                missing = [c for c in row["context_ids"] if c not in known]
-                if missing:
-                    raise DataError(
-                        f"{root}/{split}: example {row['id']!r} cites unknown document {missing[0]!r}"
-                    )
 
     files = sorted(root.rglob("*")) if root.is_dir() else [root]
     base = root if root.is_dir() else root.parent

@@ -19,3 +19,7 @@ class DataError(AdaptbenchError):
 
 class ModelError(AdaptbenchError):
     pass
+
+
+class StorageError(AdaptbenchError):
+    """A file could not be written (disk full, read-only folder, no permission); names the path."""

@@ -62,6 +62,10 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
             raise DataError(
                 f"{path}:{lineno}: malformed JSON ({exc.msg}); each line must be one JSON object"
             ) from None
+        except RecursionError:
+            raise DataError(
+                f"{path}:{lineno}: JSON nested too deeply; each line must be one flat object"
+            ) from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
         rows.append((lineno, obj))

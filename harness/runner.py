@@ -6,6 +6,7 @@ an existing run folder resumes: finished (strategy, example) pairs are never rec
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import transformers
 from tqdm.auto import tqdm
 
-from harness import phases, plugin
+from harness import phases, plugin, signals
 from harness.backends import get_backend, open_backend
 from harness.backends.base import GenerationBackend, require
 from harness.batching import batch_order, restore_order
@@ -28,9 +29,17 @@ from harness.errors import ConfigError
 from harness.latency import LATENCY_FILE, run_probe
 from harness.manifest import hardware, now_iso, package_versions
 from harness.memory import PeakMemory, process_peak_rss_bytes
+from harness.oom import BatchBackoff
 from harness.phases import phase
 from harness.plugin import Answer, RunContext, Strategy
-from harness.rundir import PredictionLog, atomic_write_json, atomic_write_text, cache_root, read_json
+from harness.rundir import (
+    PredictionLog,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    ensure_dir,
+    read_json,
+)
 
 log = logging.getLogger("adaptbench")
 
@@ -203,7 +212,8 @@ def train(
         names = ", ".join(sorted({s.name for s in config.strategies}))
         raise ConfigError(f"{source}: no strategy here trains anything ({names}); add e.g. a qlora strategy")
     run_dir = run_dir or (config.output_dir / make_run_id(config, config_path, "train"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(run_dir)
+    signals.set_run_dir(run_dir)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
     ctx = open_context(config, eval_set, run_dir)
     return run_dir, {s.id: s.train(ctx) for s in strategies}
@@ -225,7 +235,8 @@ def run(
     get_backend(config.model.backend)  # and the backend name
 
     run_dir = run_dir or (config.output_dir / make_run_id(config, config_path))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(run_dir)
+    signals.set_run_dir(run_dir)
     previous = check_resumable(run_dir, config, eval_set)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
 
@@ -273,6 +284,7 @@ def run(
             strategy.prepare(ctx)
         prepared.add(strategy.id)
         prepare_seconds = time.perf_counter() - start
+        signals.checkpoint(run_dir)
         bar = tqdm(
             total=len(examples),
             initial=len(examples) - len(todo),
@@ -280,14 +292,18 @@ def run(
             unit="ex",
             disable=not progress,
         )
+        backoff = BatchBackoff(f"strategy {strategy.id!r}", config.generation.batch_size)
         with phase("generate"):
             for batch in batches(batch_order(strategy, todo), config.generation.batch_size):
-                answers, seconds = predict_timed(strategy, batch)
-                preds.append(
-                    prediction_record(strategy, ex, ans, seconds, len(batch))
-                    for ex, ans in zip(batch, answers, strict=True)
-                )
-                bar.update(len(batch))
+                for part, (answers, seconds) in backoff.run(
+                    functools.partial(predict_timed, strategy), batch
+                ):
+                    preds.append(
+                        prediction_record(strategy, ex, ans, seconds, len(part))
+                        for ex, ans in zip(part, answers, strict=True)
+                    )
+                    bar.update(len(part))
+                signals.checkpoint(run_dir)  # Ctrl-C / SIGTERM: stop here, every answer so far is saved
         restore_order(preds.path, strategy.id, examples)  # example order on disk, as unsorted
         bar.close()
         mem.stop()
@@ -296,6 +312,7 @@ def run(
             "peak_rss_bytes": mem.rss_peak,  # this strategy's prepare + predict window
             "process_peak_rss_bytes": process_peak_rss_bytes(),
             **strategy.cost,
+            **backoff.manifest(),
         }
         if mem.cuda_peak is not None:
             cost["peak_cuda_bytes"] = mem.cuda_peak
@@ -304,6 +321,7 @@ def run(
         if on_strategy_done:
             on_strategy_done(strategy.id, cost)
 
+    signals.checkpoint(run_dir)
     with phase("latency_probe"):
         probe_latency(run_dir, config, ctx, strategies, prepared, examples, manifest, progress)
     with phase("score"):

@@ -53,7 +53,9 @@ def test_missing_answer_names_file_and_line(toy_copy):
 
 def test_duplicate_ids_across_splits(toy_copy):
     _rewrite_test(toy_copy / "test.jsonl", [{"id": "tr-1", "question": "q", "answer": "a"}])
-    with pytest.raises(DataError, match=r"duplicate example id 'tr-1' \(also in train\.jsonl\)"):
+    with pytest.raises(
+        DataError, match=r"test\.jsonl:1: duplicate example id 'tr-1' \(also at train\.jsonl:1\)"
+    ):
         load_eval_set(toy_copy)
 
 
@@ -81,7 +83,7 @@ def test_unknown_context_id(toy_copy):
     _rewrite_test(
         toy_copy / "test.jsonl", [{"id": "z", "question": "q", "answer": "a", "context_ids": ["nope"]}]
     )
-    with pytest.raises(DataError, match=r"example 'z' cites unknown document 'nope'"):
+    with pytest.raises(DataError, match=r"test\.jsonl:1: example 'z' cites unknown document 'nope'"):
         load_eval_set(toy_copy)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from harness.config import DEFAULT_MODEL, ModelConfig
 from harness.errors import ModelError
+from harness.locks import build_lock
 from harness.rundir import cache_root  # noqa: F401 - re-exported (loading.cache_root)
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,25 @@ def smollm2_gguf_path() -> Path:
 
 def dequantized_default_model(cache: Path) -> tuple[Path, bool]:
     """Return (directory of safetensors copy, was_cached). Builds it atomically on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
     gguf = smollm2_gguf_path()
     target = cache / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}"
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    if _complete(target):
         return target, True
+    with build_lock(target, "dequantised default model"):  # a twin run may be writing it right now
+        if _complete(target):
+            return target, True
+        _dequantize(gguf, target)
+    return target, False
+
+
+def _complete(target: Path) -> bool:
+    return (target / "model.safetensors").is_file() and (target / "config.json").is_file()
+
+
+def _dequantize(gguf: Path, target: Path) -> None:
+    """Write the safetensors copy into a temp folder and rename it into place (caller holds the lock)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
     log.info("dequantising %s (first run only, ~20 s)", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
@@ -88,7 +102,6 @@ def dequantized_default_model(cache: Path) -> tuple[Path, bool]:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target, False
 
 
 @dataclass
@@ -104,6 +117,7 @@ class ModelInfo:
     context_window: int
     parameters: int
     trust_remote_code: bool
+    allow_pickle: bool = False
 
 
 @dataclass
@@ -122,6 +136,22 @@ def resolve_source(cfg: ModelConfig, cache: Path) -> tuple[str, bool]:
         path, cached = dequantized_default_model(cache)
         return str(path), cached
     return cfg.id, Path(cfg.id).is_dir()
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(source: str, cfg: ModelConfig) -> None:
+    """A local folder with pickle weights and no safetensors: say why it is refused and how to allow it."""
+    folder = Path(source)
+    if cfg.allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(
+            f"model.id: {folder} has only pickle weights ({', '.join(pickles[:3])}), which can run code when "
+            "loaded; convert them to safetensors, or set model.allow_pickle: true if you trust the files"
+        )
 
 
 def quantization_config(kind: str, compute_dtype: torch.dtype):
@@ -173,13 +203,15 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
     kwargs: dict[str, Any] = {
         "revision": cfg.revision,
         "trust_remote_code": cfg.trust_remote_code,
-        "use_safetensors": True,
+        # None lets transformers fall back to pickle weights; True refuses them (the default).
+        "use_safetensors": None if cfg.allow_pickle else True,
         "dtype": dtype,
     }
     qconf = quantization_config(quant, dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    refuse_pickle_only(source, cfg)
     try:
         tokenizer = load_tokenizer(source, cfg)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -205,5 +237,6 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
         context_window=context_window(model, tokenizer, cfg.max_context),
         parameters=sum(p.numel() for p in model.parameters()),
         trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)

@@ -376,8 +376,19 @@ def build_view(an: Analysis, d: Decision) -> dict[str, Any]:
         "warnings": an.warnings,
         "judge": an.scores.get("judge"),
         "resamples": an.decision_cfg.bootstrap_resamples,
+        "truncated": truncated_counts(an),
         "confidence_pct": int(round(100 * an.decision_cfg.confidence_level)),
     }
+
+
+def truncated_counts(an: Analysis) -> dict[str, int]:
+    """Per strategy, how many prompts were cut to fit the context window (only those with any)."""
+    out = {}
+    for sid, entry in (an.scores.get("strategies") or {}).items():
+        n = int((entry or {}).get("prompt_truncated") or 0)
+        if n:
+            out[sid] = n
+    return out
 
 
 def render_html(an: Analysis, d: Decision) -> str:

@@ -10,10 +10,16 @@ from harness.decision.engine import Decision
 from harness.decision.measures import format_value, measure
 from harness.report.text import ci_text
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!~|])")
+
 
 def _md(text: Any) -> str:
-    """Markdown cell text: no HTML, no table breaks (GitHub renders inline HTML in comments)."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    """Markdown cell text from untrusted strings (dataset, model, config): no HTML, no table breaks, no
+    links/images/code spans, no control or bidi characters (GitHub renders inline HTML in comments)."""
+    s = _CONTROL.sub("", str(text))
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = _MD_SPECIAL.sub(r"\\\1", s)
     return re.sub(r"\s+", " ", s).strip()
 
 
@@ -50,6 +56,18 @@ def summary_markdown(an: Analysis, d: Decision) -> str:
         setup = an.point[s].get("train_time_min", 0) + an.point[s].get("index_build_time_min", 0)
         cells.append(f"{setup:.1f} min")
         lines.append("| " + " | ".join(_md(c) if i else c for i, c in enumerate(cells)) + " |")
+    truncated = {
+        sid: n
+        for sid, e in (an.scores.get("strategies") or {}).items()
+        if (n := (e or {}).get("prompt_truncated"))
+    }
+    if truncated:
+        lines += [
+            "",
+            "Prompts truncated to fit the context window: "
+            + ", ".join(f"{_md(sid)} {n}" for sid, n in truncated.items())
+            + ".",
+        ]
     lines += ["", "**Why**", ""] + [f"- {_md(r)}" for r in d.rationale]
     lines += ["", "**What would change it**", ""] + [f"- {_md(s['text'])}" for s in d.sensitivity]
     lines += [

@@ -66,6 +66,11 @@ def adapter_folder_problem(path: Path) -> str | None:
             f"{path} is not a peft adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}); "
             "use the path `adaptbench train` printed"
         )
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        return (
+            f"{path}: adapter weights are not safetensors ({', '.join(p.name for p in path.glob('adapter_model.*'))}); "
+            "pickle files can run code when loaded and are refused; save the adapter with safe_serialization=True"
+        )
     return None
 
 

@@ -20,13 +20,16 @@ from typing import Any
 
 import torch
 
+from harness import signals
 from harness.backends.base import TrainableBase, require
 from harness.errors import DataError
+from harness.locks import build_lock
 from harness.memory import PeakMemory
+from harness.oom import retry_halving
 from harness.optional import require_module
 from harness.phases import phase
 from harness.plugin import RunContext
-from harness.rundir import atomic_write_json, read_json
+from harness.rundir import STORAGE_ERRNOS, atomic_write_json, read_json, storage_error
 from strategies.adapters import cache
 from strategies.adapters.data import PromptBuilder, TrainData, build_data
 from strategies.adapters.params import TRAIN_KEYS, TrainParams
@@ -251,7 +254,7 @@ def train_adapter(
     label: str = "adapter",
 ) -> TrainResult:
     """Train (or fetch from the cache) a LoRA adapter for the run's base model."""
-    backend = require(ctx.backend, TrainableBase, "adapter training")
+    require(ctx.backend, TrainableBase, "adapter training")
     data = build_data(ctx, params, prompts)
     if not data.train:
         raise DataError(f"{ctx.eval_set.root}: no training examples for {label}")
@@ -260,7 +263,42 @@ def train_adapter(
     if params.cache and cache.is_cached(target):
         log.info("%s: adapter cache hit %s", label, target)
         return TrainResult(target, read_json(target / cache.RECORD_FILE), True, data)
+    with build_lock(target, "adapter"):  # a twin run training the same adapter: wait, then hit
+        if params.cache and cache.is_cached(target):
+            log.info("%s: adapter cache hit %s (trained by another process)", label, target)
+            return TrainResult(target, read_json(target / cache.RECORD_FILE), True, data)
+        with signals.immediate():  # no safe midpoint: an interrupt abandons the staging folder
+            return _train_halving(ctx, params, data, key, target, label)
 
+
+def _train_halving(
+    ctx: RunContext, params: TrainParams, data: TrainData, key: str, target: Path, label: str
+) -> TrainResult:
+    """Train; on out-of-memory halve the per-device batch (doubling accumulation keeps the effective
+    batch) and retry down to 1. The cache key stays that of the configured params."""
+    grad_accum = params.grad_accum
+
+    def attempt(size: int) -> TrainResult:
+        factor = params.batch_size // size
+        tried = params.model_copy(update={"batch_size": size, "grad_accum": grad_accum * factor})
+        return _train_once(ctx, tried, data, key, target, label)
+
+    try:
+        result, events = retry_halving(f"{label} training", params.batch_size, attempt)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(target, exc) from None  # the staging folder is gone; nothing published
+    if events:
+        result.record["oom_retries"] = events
+        atomic_write_json(target / cache.RECORD_FILE, result.record)
+    return result
+
+
+def _train_once(
+    ctx: RunContext, params: TrainParams, data: TrainData, key: str, target: Path, label: str
+) -> TrainResult:
+    backend: Any = ctx.backend
     device = backend.device
     with phase("train"), cache.staging_dir(target) as tmp:
         import transformers

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from harness.data import Document
+from harness.rundir import ensure_dir, storage_error
 from harness.scoring.embeddings import DEFAULT_EMBEDDING_MODEL
 from strategies.retrieval.chunking import Chunk
 from strategies.retrieval.params import RetrievalParams
@@ -72,11 +73,17 @@ def doc_hash(doc: Document) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise storage_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise storage_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -86,8 +93,11 @@ def write_cache_folder(
     folder: Path, hashed: dict[str, Any], chunks: list[Chunk], vectors: np.ndarray
 ) -> None:
     """Write chunk table + embeddings into a temp folder, then rename (readers never see half a cache)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
+    ensure_dir(folder.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-{folder.name}-"))
+    except OSError as exc:
+        raise storage_error(folder, exc) from None
     try:
         with (tmp / "chunks.jsonl").open("w", encoding="utf-8") as fh:
             for c in chunks:
@@ -98,8 +108,8 @@ def write_cache_folder(
         if folder.exists():  # another process won the race; keep theirs
             return
         os.replace(tmp, folder)
-    except OSError:
+    except OSError as exc:
         if not (folder / "meta.json").is_file():
-            raise
+            raise storage_error(folder, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from harness.data import Document
 from harness.errors import ConfigError
+from harness.locks import build_lock
 from harness.optional import require_module
 from harness.phases import phase
 from harness.scoring.embeddings import load_embedder
@@ -143,8 +145,6 @@ class Retriever:
         progress: bool = False,
     ) -> Retriever:
         """Build (or load from ``cache_dir/indexes/<hash>``) the index over ``documents``."""
-        faiss = require_module("faiss", "RAG retrieval")
-
         if not documents:
             raise ConfigError("retrieval: no documents to index; the eval set needs kb/*.md or kb.jsonl")
         start = time.perf_counter()
@@ -157,6 +157,24 @@ class Retriever:
             )
         key, hashed = cache_key(documents, params)
         folder = cache_dir / "indexes" / key if (cache_dir is not None and params.cache) else None
+        with build_lock(folder, "retrieval index") if folder is not None else nullcontext():
+            # under the lock: a twin run building this index finishes first, then this one hits
+            return cls._build_locked(documents, params, embedder, key, hashed, folder, start, progress)
+
+    @classmethod
+    def _build_locked(
+        cls,
+        documents: Sequence[Document],
+        params: RetrievalParams,
+        embedder: Any,
+        key: str,
+        hashed: dict[str, Any],
+        folder: Path | None,
+        start: float,
+        progress: bool,
+    ) -> Retriever:
+        faiss = require_module("faiss", "RAG retrieval")
+
         embeddings_hit = folder is not None and (folder / "meta.json").is_file()
         if embeddings_hit:
             assert folder is not None
@@ -172,6 +190,7 @@ class Retriever:
                 documents, embedder.tokenizer, params.chunk_tokens, params.chunk_overlap
             )
             t0 = time.perf_counter()
+            log.info("building retrieval index %s (%d chunks)", key, len(chunk_list))
             vectors = embed(embedder, [c.embedding_text() for c in chunk_list], params, progress=progress)
             embed_seconds = time.perf_counter() - t0
             if folder is not None:
