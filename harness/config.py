@@ -104,10 +104,10 @@ class ModelConfig(StrictModel):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
-        """Leave served-model keys out while at their defaults, so run folders from before they existed
-        keep the same fingerprint (and resume)."""
+        """Leave keys added after run folders existed (served-model keys, ``allow_pickle``) out while at
+        their defaults, so older run folders keep the same fingerprint (and resume)."""
         data = handler(self)
-        for name in SERVED_FIELDS:
+        for name in (*SERVED_FIELDS, "allow_pickle"):
             if name in data and getattr(self, name) == ModelConfig.model_fields[name].default:
                 del data[name]
         return data

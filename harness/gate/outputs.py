@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from harness.gate.verdict import amount
-from harness.report.markdown import _md
+from harness.report.markdown import _md, _md_code
 
 TEMPLATES = Path(__file__).parent / "templates"
 _XML_BAD = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -76,7 +76,7 @@ def gate_markdown(res: dict[str, Any]) -> str:
     ]
     for r in res["rules"]:
         mark = "✅" if r["passed"] else "❌"
-        lines.append(f"| {mark} | `{_md(r['name'])}` | {_md(r.get('verdict', ''))} | {_md(r['evidence'])} |")
+        lines.append(f"| {mark} | `{_md_code(r['name'])}` | {_md(r.get('verdict', ''))} | {_md(r['evidence'])} |")
     lines.append("")
     notes = [_md(r["power"]) for r in res["rules"] if r.get("power")]
     notes += [
@@ -175,7 +175,7 @@ def compare_markdown(res: dict[str, Any]) -> str:
             lines += [f"**{group.replace('_', ' ')}** on {_md(f['metric'])}: {f['counts'][group]}", ""]
             for it in items[:5]:
                 lines.append(
-                    f"- `{_md(it['id'])}` {_md(it['question'])} — A: {_md(it['a_answer'])} · B: {_md(it['b_answer'])}"
+                    f"- `{_md_code(it['id'])}` {_md(it['question'])} — A: {_md(it['a_answer'])} · B: {_md(it['b_answer'])}"
                 )
             lines.append("")
         if s["deltas"]:

@@ -23,6 +23,14 @@ def _md(text: Any) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
 
+def _md_code(text: Any) -> str:
+    """Text for inside a `code span`: Markdown escapes would show literally there, so instead backticks
+    (which could close the span) become quotes, pipes are escaped (GFM tables split on them inside
+    spans too), control and bidi characters go. HTML inside a code span is literal text."""
+    s = _CONTROL.sub("", str(text)).replace("`", "'").replace("|", "\\|")
+    return re.sub(r"\s+", " ", s).strip()
+
+
 def summary_markdown(an: Analysis, d: Decision) -> str:
     p = an.primary
     cols = [p] + [
