@@ -2,129 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib.metadata
-import logging
-import os
-import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from harness.cli_release import baseline, compare, gate, init
+from harness.cli_support import _version, set_verbosity, stopping, user_errors, verbosity
 from harness.errors import AdaptbenchError
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in (
-        "transformers",
-        "datasets",
-        "evaluate",
-        "sentence_transformers",
-        "peft",
-        "trl",
-        "accelerate",
-        "bitsandbytes",
-    ):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import datasets
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover - both are hard dependencies
-        pass
-
-
-def user_errors(fn):
-    """Turn AdaptbenchError into one line on stderr and a non-zero exit; never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except AdaptbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper
-
-
-def _version() -> str:
-    from harness import __version__
-
-    try:
-        return importlib.metadata.version("adaptbench")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return __version__
-
-
-def set_verbosity(verbose: bool = False, quiet: bool = False) -> None:
-    """-v: library logs too; --quiet: errors only; default: adaptbench's progress messages."""
-    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("adaptbench").setLevel(logging.ERROR if quiet else logging.INFO)
-    if not verbose:
-        _quiet_libraries()
-
-
-@contextlib.contextmanager
-def stopping(
-    config: str, fallback: Path, command: str = "run", options: dict[str, Any] | None = None
-) -> Iterator[None]:
-    """Ctrl-C / SIGTERM: the runner stops after the batch in flight (``harness.signals``); say how to
-    resume and exit 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as shells expect."""
-    from harness import signals
-
-    try:
-        with signals.graceful_stop():
-            yield
-    except KeyboardInterrupt as exc:
-        code = getattr(exc, "exit_code", 130)
-        where = getattr(exc, "run_dir", None) or signals.run_dir()
-        out = shlex.quote(str(where)) if where else f"<run folder in {fallback}>"
-        flags = "".join(
-            f" --{name.replace('_', '-')} {shlex.quote(str(v))}"
-            for name, value in (options or {}).items()
-            for v in (value if isinstance(value, (list, tuple)) else [value])
-            if v is not None
-        )
-        click.echo(
-            f"\ninterrupted; finished batches are saved. Resume with: "
-            f"adaptbench {command} {shlex.quote(config)}{flags} --out {out}",
-            err=True,
-        )
-        sys.exit(code)
-
-
-def verbosity(fn):
-    """``-v/--verbose`` and ``-q/--quiet`` on a subcommand too (``adaptbench run X -v`` as well as
-    ``adaptbench -v run X``); the subcommand's flags win over the group's."""
-
-    def apply(flag: str):
-        def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-            if value:
-                set_verbosity(verbose=flag == "verbose", quiet=flag == "quiet")
-
-        return callback
-
-    fn = click.option(
-        "-q", "--quiet", is_flag=True, expose_value=False, callback=apply("quiet"), help="Errors only."
-    )(fn)
-    return click.option(
-        "-v",
-        "--verbose",
-        is_flag=True,
-        expose_value=False,
-        callback=apply("verbose"),
-        help="Show library logs.",
-    )(fn)
 
 
 @click.group()
@@ -333,159 +219,6 @@ def report(run_dir: str, constraints: tuple[str, ...], weights: tuple[str, ...])
     click.echo(f"wrote {out.name}, summary.md, scores.csv and decision.json in {path}")
 
 
-@main.command()
-@click.argument("run_a", type=click.Path(exists=True))
-@click.argument("run_b", type=click.Path(exists=True))
-@click.option("--strategy", help="Compare only this strategy id (default: every strategy in both).")
-@click.option(
-    "--allow-mismatch", is_flag=True, help="Compare runs of another eval set, ids or metric definitions."
-)
-@click.option(
-    "--margin",
-    type=click.FloatRange(min=0),
-    default=0.02,
-    show_default=True,
-    help="Equivalence margin (score units).",
-)
-@click.option(
-    "--cluster-by", type=click.Choice(["context", "group", "none"]), default="context", show_default=True
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    help="Folder for compare.html/.md/.json (default: RUN_B's folder or .).",
-)
-@verbosity
-@user_errors
-def compare(run_a, run_b, strategy, allow_mismatch, margin, cluster_by, out) -> None:
-    """Paired differences from RUN_A (baseline) to RUN_B (candidate): run folders or baseline files."""
-    from harness.gate import compare as cmp
-    from harness.gate.outputs import write_compare
-    from harness.gate.runs import load
-
-    res = cmp.compare_runs(
-        load(run_a),
-        load(run_b),
-        strategy=strategy,
-        allow_mismatch=allow_mismatch,
-        margin=margin,
-        cluster_by=cluster_by,
-    )
-    folder = Path(out) if out else (Path(run_b) if Path(run_b).is_dir() else Path("."))
-    paths = write_compare(res, folder)
-    for sid, s in res["strategies"].items():
-        for r in s["metrics"]:
-            click.echo(f"{sid:<12} {r['metric']:<20} {r['verdict']:<13} {r['verdict_text']}")
-    click.echo("wrote " + ", ".join(str(p) for p in paths))
-
-
-@main.command()
-@click.argument("run_dir", type=click.Path(exists=True))
-@click.option("--policy", required=True, type=click.Path(dir_okay=False, exists=True), help="gates.yaml")
-@click.option(
-    "--baseline", type=click.Path(exists=True), help="Baseline run folder or baseline.json (relative rules)."
-)
-@click.option("--strict", is_flag=True, help="Relative rules fail on any point drop, significant or not.")
-@click.option(
-    "--allow-mismatch", is_flag=True, help="Gate against a baseline of another eval set / ids / metrics."
-)
-@click.option(
-    "--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML file (one testcase per rule)."
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    help="Folder for gate.md and gate.json (default: RUN_DIR or .).",
-)
-@verbosity
-@user_errors
-def gate(run_dir, policy, baseline, strict, allow_mismatch, junit, out) -> None:
-    """Check a run against a policy of release rules: exit 0 pass, 1 a rule failed, 2 usage/data error."""
-    from harness.gate.gate import evaluate, load_policy
-    from harness.gate.outputs import gate_table, write_gate
-    from harness.gate.runs import load
-
-    pol = load_policy(policy)
-    res = evaluate(
-        load(run_dir), pol, load(baseline) if baseline else None, strict=strict, allow_mismatch=allow_mismatch
-    )
-    folder = Path(out) if out else (Path(run_dir) if Path(run_dir).is_dir() else Path("."))
-    paths = write_gate(res, folder, Path(junit) if junit else None)
-    click.echo(gate_table(res))
-    click.echo("wrote " + ", ".join(str(p) for p in paths))
-    sys.exit(0 if res["passed"] else 1)
-
-
-@main.group()
-def baseline() -> None:
-    """Versionable baselines for compare and gate."""
-
-
-@baseline.command("export")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="baseline.json to write."
-)
-@verbosity
-@user_errors
-def baseline_export(run_dir: str, output: str) -> None:
-    """Write the small file compare and gate accept in place of RUN_DIR."""
-    from harness.gate.runs import export_baseline
-
-    path = export_baseline(run_dir, output)
-    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
-
-
-@main.command()
-@click.option(
-    "--qa",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Q/A file: CSV, TSV, JSONL, Parquet or Excel.",
-)
-@click.option(
-    "--docs", type=click.Path(file_okay=False), help="Folder of .md/.txt/.html/.pdf documents (the KB)."
-)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="New eval-set folder to write.")
-@click.option("--question-col", help="Column holding the questions (guessed if omitted).")
-@click.option("--answer-col", help="Column holding the reference answers (guessed if omitted).")
-@click.option("--id-col", help="Column holding unique ids (generated if omitted).")
-@click.option(
-    "--context-col", help="Column naming the supporting documents (file names or ids, ;-separated)."
-)
-@click.option("--tags-col", help="Column of tags (;-separated); the split is stratified by the first tag.")
-@click.option(
-    "--split", "split", default="0.6,0.15,0.25", show_default=True, help="train,validation,test fractions."
-)
-@click.option("--seed", default=0, show_default=True, help="Seed of the split.")
-@click.option("--model", help="Model id or local folder for the starter config.")
-@click.option(
-    "--gpu", is_flag=True, help="GPU defaults in the starter config (4-bit, 3 epochs, lr 2e-4, packing)."
-)
-@verbosity
-@user_errors
-def init(
-    qa, docs, out, question_col, answer_col, id_col, context_col, tags_col, split, seed, model, gpu
-) -> None:
-    """Turn your Q/A file and documents into an eval set plus a starter config."""
-    from harness.init import ask_if_tty, init_eval_set
-
-    given = {
-        "question": question_col,
-        "answer": answer_col,
-        "id": id_col,
-        "context_ids": context_col,
-        "tags": tags_col,
-    }
-    res = init_eval_set(
-        Path(qa), Path(out), Path(docs) if docs else None, given, split, seed, model, gpu, ask_if_tty()
-    )
-    sizes = ", ".join(f"{k}={v}" for k, v in res.sizes.items())
-    cols = ", ".join(f"{k}<-{v!r}" for k, v in res.columns.items())
-    click.echo(f"wrote {res.out}: {sizes}; {res.n_docs} KB documents; columns {cols}")
-    click.echo(f"next: adaptbench validate {res.config} && adaptbench run {res.config}")
-
-
 @main.command("strategies")
 @verbosity
 def list_strategies() -> None:
@@ -496,6 +229,10 @@ def list_strategies() -> None:
         cls = plugin.get(name)
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         click.echo(f"{name:<14} {doc}")
+
+
+for _command in (compare, gate, baseline, init):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

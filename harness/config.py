@@ -6,7 +6,6 @@ Every validation problem becomes a one-line ``ConfigError`` naming the YAML path
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,112 +16,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializationInfo,
-    SerializerFunctionWrapHandler,
     ValidationError,
-    ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
+from harness.config_decision import DecisionConfig
+from harness.config_model import DEFAULT_MODEL, SERVED_FIELDS, ModelConfig, StrictModel
 from harness.errors import ConfigError
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors (typos must not pass silently)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(StrictModel):
-    backend: str = Field(
-        "transformers", min_length=1, description="registered backend name (see harness.backends)"
-    )
-    id: str = Field(DEFAULT_MODEL, description="built-in alias, Hugging Face model id or local path")
-    revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    trust_remote_code: bool = False
-    allow_pickle: bool = Field(
-        False,
-        description="load pickle (.bin/.pt) checkpoints; they can run arbitrary code when loaded, so "
-        "only for files you trust. Default: safetensors only",
-    )
-    max_context: int | None = Field(None, gt=0, description="override the model's context window (tokens)")
-    # -- served models (``backend: openai``; see docs/scaling.md) -------------------------------------
-    base_url: str | list[str] | None = Field(
-        None, description="OpenAI-compatible server URL, or a list served round-robin (a vLLM fleet)"
-    )
-    api_key_env: str | None = Field(
-        None, description="name of the environment variable holding the API key (the key is never stored)"
-    )
-    endpoint: Literal["chat", "completions"] = Field(
-        "chat",
-        description="chat: /chat/completions (server applies the chat template); completions: /completions",
-    )
-    concurrency: int = Field(4, gt=0, description="requests in flight at once (per run, across base_urls)")
-    timeout_s: float = Field(120.0, gt=0, description="socket timeout of one request")
-    max_retries: int = Field(5, ge=0, description="retries on 429/5xx/connection errors/timeouts")
-    retry_backoff_s: float = Field(0.5, gt=0, description="first backoff; doubles per retry, with jitter")
-    tokenizer: str | None = Field(
-        None, description="local tokenizer path/id for token counts and rendering; null = ~4 chars a token"
-    )
-
-    @field_validator("base_url")
-    @classmethod
-    def _urls(cls, value: str | list[str] | None) -> str | list[str] | None:
-        urls = [value] if isinstance(value, str) else (value or [])
-        if isinstance(value, list) and not value:
-            raise ValueError("give at least one URL")
-        for url in urls:
-            if not re.match(r"^https?://[^/\s]+", url):
-                raise ValueError(f"{url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
-            if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-                raise ValueError("no credentials in URLs (they would be saved with the run); use api_key_env")
-        return value
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _key_env(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(
-                "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key itself"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _served(self) -> ModelConfig:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs model.base_url (e.g. http://127.0.0.1:8000/v1)")
-        if self.backend == "transformers" and self.base_url:
-            raise ValueError("model.base_url is only read by served backends; set model.backend: openai")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
-        """Leave keys added after run folders existed (served-model keys, ``allow_pickle``) out while at
-        their defaults, so older run folders keep the same fingerprint (and resume)."""
-        data = handler(self)
-        for name in (*SERVED_FIELDS, "allow_pickle"):
-            if name in data and getattr(self, name) == ModelConfig.model_fields[name].default:
-                del data[name]
-        return data
-
-
-SERVED_FIELDS = (
-    "base_url",
-    "api_key_env",
-    "endpoint",
-    "concurrency",
-    "timeout_s",
-    "max_retries",
-    "retry_backoff_s",
-    "tokenizer",
-)
+__all__ = ["DEFAULT_MODEL", "SERVED_FIELDS", "DecisionConfig", "ModelConfig", "StrictModel"]
 
 
 EvalSetField = Literal["id", "question", "answer", "context_ids", "tags", "must_include", "must_not_include"]
@@ -258,99 +161,6 @@ class ScoringConfig(StrictModel):
         "entailment probability of context => answer sentence (null = the lexical definition)",
     )
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-
-
-class DecisionConfig(StrictModel):
-    """How the report turns measurements into a recommendation (see docs/decision.md)."""
-
-    mode: Literal["quality_first", "weighted"] = Field(
-        "quality_first",
-        description="quality_first: best primary metric among the feasible, cheapest of those tied with it; "
-        "weighted: weighted mean of utilities on the absolute scales in decision.scales",
-    )
-    constraints: list[str] = Field(
-        default_factory=list, description='hard limits, e.g. "latency_p95_ms <= 800", "peak_memory_gb <= 16"'
-    )
-    margin: float = Field(
-        0.0,
-        ge=0.0,
-        description="quality_first: a strategy ties with the leader when the lower confidence bound of "
-        "(strategy - leader) on the primary metric is above -margin (in the metric's units)",
-    )
-    weights: dict[str, float] | None = Field(
-        None, description="weighted mode: weights over measures; null = the quality defaults"
-    )
-    alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    confidence_level: float = Field(0.95, gt=0.5, lt=1.0)
-    bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
-    permutation_resamples: int = Field(5000, ge=100, le=1_000_000)
-    price_per_hour_usd: float | None = Field(
-        None, ge=0.0, description="hardware price; null = 0.10 on CPU, 2.50 on GPU"
-    )
-    amortize_queries: int = Field(100_000, gt=0, description="queries over which setup cost is spread")
-    disagree_threshold: float = Field(
-        0.3,
-        gt=0.0,
-        le=1.0,
-        description="explorer: best minus worst primary score that counts as disagreement",
-    )
-
-    scales: dict[str, list[float]] = Field(
-        default_factory=dict,
-        validate_default=True,
-        description="weighted mode: [worst, best] per measure, mapped linearly to utility 0..1 and clipped, "
-        "e.g. latency_p95_ms: [2000, 200]",
-    )
-
-    @field_validator("scales")
-    @classmethod
-    def _scales(cls, value: dict[str, list[float]], info: ValidationInfo) -> dict[str, list[float]]:
-        from harness.decision.measures import is_known, known_names, natural_scale
-
-        for name, pair in value.items():
-            if not is_known(name):
-                raise ValueError(f"unknown measure {name!r} (known: {', '.join(known_names())})")
-            if len(pair) != 2 or not all(math.isfinite(v) for v in pair) or pair[0] == pair[1]:
-                raise ValueError(f"{name}: write [worst, best], two different numbers, e.g. [2000, 200]")
-        if info.data.get("mode") == "weighted":
-            for name, w in (info.data.get("weights") or {}).items():
-                if w > 0 and name not in value and natural_scale(name) is None:
-                    raise ValueError(
-                        f"{name} is weighted but has no natural scale: give decision.scales.{name}: "
-                        "[worst, best] (e.g. latency_p95_ms: [2000, 200])"
-                    )
-        return value
-
-    @field_validator("constraints")
-    @classmethod
-    def _constraints(cls, value: list[str]) -> list[str]:
-        from harness.decision.measures import CONSTRAINT_PATTERN, is_known, known_names
-
-        for i, text in enumerate(value):
-            m = CONSTRAINT_PATTERN.match(text)
-            if not m:
-                raise ValueError(
-                    f"[{i}] {text!r}: write '<measure> <= <number>' (or >=, <, >), e.g. 'latency_p95_ms <= 800'"
-                )
-            if not is_known(m["name"]):
-                raise ValueError(f"[{i}] unknown measure {m['name']!r} (known: {', '.join(known_names())})")
-        return value
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        from harness.decision.measures import is_known, known_names
-
-        if value is None:
-            return value
-        for name, w in value.items():
-            if not is_known(name):
-                raise ValueError(f"unknown measure {name!r} (known: {', '.join(known_names())})")
-            if w < 0:
-                raise ValueError(f"weight of {name!r} must be >= 0")
-        if not any(w > 0 for w in value.values()):
-            raise ValueError("at least one weight must be > 0")
-        return value
 
 
 class RunConfig(StrictModel):

@@ -76,7 +76,9 @@ def gate_markdown(res: dict[str, Any]) -> str:
     ]
     for r in res["rules"]:
         mark = "✅" if r["passed"] else "❌"
-        lines.append(f"| {mark} | `{_md_code(r['name'])}` | {_md(r.get('verdict', ''))} | {_md(r['evidence'])} |")
+        lines.append(
+            f"| {mark} | `{_md_code(r['name'])}` | {_md(r.get('verdict', ''))} | {_md(r['evidence'])} |"
+        )
     lines.append("")
     notes = [_md(r["power"]) for r in res["rules"] if r.get("power")]
     notes += [
