@@ -97,6 +97,23 @@ def settings(a: RunData, alpha: float | None) -> dict[str, Any]:
     }
 
 
+def paired_metric_test(
+    xa: np.ndarray, xb: np.ndarray, clusters: np.ndarray | None, spec: dict[str, Any], st: dict[str, Any]
+):
+    """``xb - xa`` for one metric with the run's test settings (``settings``): the one place compare
+    and gate choose McNemar vs sign-flip and pass resamples, seed and confidence."""
+    return paired_test(
+        xa,
+        xb,
+        clusters=clusters,
+        binary=bool(spec.get("binary")),
+        resamples=st["resamples"],
+        permutation_resamples=st["permutation_resamples"],
+        seed=st["seed"],
+        confidence=st["confidence"],
+    )
+
+
 def metric_rows(
     a: RunData, b: RunData, sid: str, ids: list[str], clusters, margin: float, st: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -106,16 +123,7 @@ def metric_rows(
         if not np.isfinite(xa - xb).any():
             continue
         spec = b.metrics[m]
-        res = paired_test(
-            xa,
-            xb,
-            clusters=clusters,
-            binary=bool(spec.get("binary")),
-            resamples=st["resamples"],
-            permutation_resamples=st["permutation_resamples"],
-            seed=st["seed"],
-            confidence=st["confidence"],
-        )
+        res = paired_metric_test(xa, xb, clusters, spec, st)
         rows.append(
             {
                 "metric": m,

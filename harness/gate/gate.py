@@ -41,9 +41,8 @@ from harness.gate.clustered import (
     cluster_codes,
     detectable,
     noninferiority_p,
-    paired_test,
 )
-from harness.gate.compare import cluster_keys, mismatches, settings, values
+from harness.gate.compare import cluster_keys, mismatches, paired_metric_test, settings, values
 from harness.gate.runs import RunData
 from harness.gate.verdict import amount, power_note, verdict
 
@@ -211,16 +210,7 @@ def relative(
         spec = run.metrics[metric]
         sign = 1.0 if spec.get("higher_is_better", True) else -1.0
         keys = cluster_keys(base, run, ids, by)
-        res = paired_test(
-            xa,
-            xb,
-            clusters=keys,
-            binary=bool(spec.get("binary")),
-            resamples=st["resamples"],
-            permutation_resamples=st["permutation_resamples"],
-            seed=st["seed"],
-            confidence=st["confidence"],
-        )
+        res = paired_metric_test(xa, xb, keys, spec, st)
         d = sign * (xb - xa)
         p = noninferiority_p(d, margin, clusters=keys, resamples=st["permutation_resamples"], seed=st["seed"])
         drop = -sign * res.diff

@@ -34,3 +34,14 @@ def retrieval_metrics(retrieved_ids: Sequence[str], gold_doc_ids: Sequence[str],
     if recall is None or rr is None:
         return {}
     return {f"recall@{k}": recall, "mrr": rr}
+
+
+def per_example(
+    fn, retrieved_ids: list[list[str] | None], context_ids: list[list[str] | None]
+) -> list[float | None]:
+    """``fn(retrieved, gold, k)`` per example with k = the number retrieved; ``None`` where the record
+    has no retrieval or the example no gold documents (the metric does not apply)."""
+    return [
+        None if r is None or g is None else fn(r, g, len(r))
+        for r, g in zip(retrieved_ids, context_ids, strict=True)
+    ]

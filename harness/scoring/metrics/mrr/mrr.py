@@ -4,7 +4,7 @@ record has no retrieval or the example no gold documents."""
 
 from harness.scoring import base
 from harness.scoring.registry import MetricSpec
-from harness.scoring.retrieval_metrics import reciprocal_rank
+from harness.scoring.retrieval_metrics import per_example, reciprocal_rank
 
 SPEC = MetricSpec(
     name="mrr",
@@ -17,10 +17,7 @@ SPEC = MetricSpec(
 def score(
     predictions: list[str], retrieved_ids: list[list[str] | None], context_ids: list[list[str] | None]
 ) -> list[float | None]:
-    return [
-        None if r is None or g is None else reciprocal_rank(r, g, len(r))
-        for r, g in zip(retrieved_ids, context_ids, strict=True)
-    ]
+    return per_example(reciprocal_rank, retrieved_ids, context_ids)
 
 
 class ReciprocalRank(base.MetricModule):

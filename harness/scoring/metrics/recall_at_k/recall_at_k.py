@@ -5,7 +5,7 @@ the example no gold documents."""
 
 from harness.scoring import base
 from harness.scoring.registry import MetricSpec
-from harness.scoring.retrieval_metrics import recall_at_k
+from harness.scoring.retrieval_metrics import per_example, recall_at_k
 
 SPEC = MetricSpec(
     name="recall_at_k",
@@ -18,10 +18,7 @@ SPEC = MetricSpec(
 def score(
     predictions: list[str], retrieved_ids: list[list[str] | None], context_ids: list[list[str] | None]
 ) -> list[float | None]:
-    return [
-        None if r is None or g is None else recall_at_k(r, g, len(r))
-        for r, g in zip(retrieved_ids, context_ids, strict=True)
-    ]
+    return per_example(recall_at_k, retrieved_ids, context_ids)
 
 
 class RecallAtK(base.MetricModule):
