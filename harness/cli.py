@@ -10,6 +10,7 @@ import click
 
 from harness.cli_release import baseline, compare, gate, init
 from harness.cli_support import _version, set_verbosity, stopping, user_errors, verbosity
+from harness.distributed import is_main
 from harness.errors import AdaptbenchError
 
 
@@ -114,7 +115,8 @@ def run(
     options = {"model": model, "limit": limit, "strategies": strategies, "adapter": adapters}
     with stopping(config, run_dir or cfg.output_dir, options=options):
         result = run_harness(cfg, config_path=Path(config), run_dir=run_dir, progress=not no_progress)
-    print_summary(result.run_dir)
+    if is_main():  # torchrun / accelerate launch: rank 0 wrote the run folder and prints
+        print_summary(result.run_dir)
 
 
 @main.command()
@@ -134,6 +136,8 @@ def train(config: str, model: str | None, strategies: str | None, out: str | Non
         run_dir, results = train_harness(
             cfg, config_path=Path(config), run_dir=Path(out).resolve() if out else None
         )
+    if not is_main():
+        return
     for sid, res in results.items():
         rec = res.record
         status = "cached" if res.cache_hit else "trained"

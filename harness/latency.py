@@ -16,14 +16,22 @@ alike — the way vLLM's serving benchmark and GuideLLM measure a server. Per re
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
+
+from harness.rundir import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+    from harness.plugin import Strategy
 
 LATENCY_FILE = "latency.jsonl"
 
@@ -117,3 +125,46 @@ def run_probe(
             bar.update(1)
     bar.close()
     return out
+
+
+# -- in a run (``harness.runner``): once per run folder, rank 0 only ---------------------------------
+
+
+def probe_needed(
+    run_dir: Path, config: RunConfig, strategies: Sequence[Strategy], manifest: dict[str, Any]
+) -> bool:
+    """The probe is enabled and not already done for the same settings and strategies (resume)."""
+    settings = {**config.latency_probe.model_dump(), "strategies": [s.id for s in strategies]}
+    done = manifest.get("latency_probe") or {}
+    return config.latency_probe.requests > 0 and not (
+        done.get("status") == "done"
+        and done.get("settings") == settings
+        and (run_dir / LATENCY_FILE).is_file()
+    )
+
+
+def probe_latency(
+    run_dir: Path,
+    config: RunConfig,
+    strategies: Sequence[Strategy],
+    examples: list[dict[str, Any]],
+    manifest: dict[str, Any],
+    progress: bool,
+) -> None:
+    """Run the probe over prepared ``strategies``; write ``latency.jsonl`` and the manifest entry.
+
+    A single-request measurement, so it runs in one process (rank 0 of a data-parallel run)."""
+    if not probe_needed(run_dir, config, strategies, manifest):
+        return
+    settings = {**config.latency_probe.model_dump(), "strategies": [s.id for s in strategies]}
+    timings = run_probe(
+        strategies,
+        examples,
+        requests=config.latency_probe.requests,
+        warmup=config.latency_probe.warmup,
+        seed=config.seed,
+        progress=progress,
+    )
+    atomic_write_text(run_dir / LATENCY_FILE, "".join(json.dumps(t.to_json()) + "\n" for t in timings))
+    manifest["latency_probe"] = {"status": "done", "settings": settings, "requests_timed": len(timings)}
+    atomic_write_json(run_dir / "manifest.json", manifest)

@@ -7,7 +7,6 @@ an existing run folder resumes: finished (strategy, example) pairs are never rec
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -19,14 +18,14 @@ from typing import Any
 import transformers
 from tqdm.auto import tqdm
 
-from harness import phases, plugin, signals
+from harness import distributed, phases, plugin, signals
 from harness.backends import get_backend, open_backend
 from harness.backends.base import GenerationBackend, require
 from harness.batching import batch_order, restore_order
 from harness.config import RunConfig, dump_config
 from harness.data import EvalSet, open_eval_set
 from harness.errors import ConfigError
-from harness.latency import LATENCY_FILE, run_probe
+from harness.latency import probe_latency, probe_needed
 from harness.manifest import hardware, now_iso, package_versions
 from harness.memory import PeakMemory, process_peak_rss_bytes
 from harness.oom import BatchBackoff
@@ -211,10 +210,14 @@ def train(
     if not strategies:
         names = ", ".join(sorted({s.name for s in config.strategies}))
         raise ConfigError(f"{source}: no strategy here trains anything ({names}); add e.g. a qlora strategy")
-    run_dir = run_dir or (config.output_dir / make_run_id(config, config_path, "train"))
+    distributed.init()  # torchrun / accelerate: every rank trains (DDP); rank 0 writes
+    run_dir = distributed.broadcast_object(
+        run_dir or (config.output_dir / make_run_id(config, config_path, "train"))
+    )
     ensure_dir(run_dir)
     signals.set_run_dir(run_dir)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    if distributed.is_main():
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
     ctx = open_context(config, eval_set, run_dir)
     return run_dir, {s.id: s.train(ctx) for s in strategies}
 
@@ -234,11 +237,16 @@ def run(
     strategies = build_strategies(config, source)  # validate params before the slow model load
     get_backend(config.model.backend)  # and the backend name
 
-    run_dir = run_dir or (config.output_dir / make_run_id(config, config_path))
+    distributed.init()  # torchrun / accelerate: shard the examples, rank 0 writes (harness.distributed)
+    main = distributed.is_main()
+    progress = progress and main
+    run_dir = distributed.broadcast_object(run_dir or (config.output_dir / make_run_id(config, config_path)))
     ensure_dir(run_dir)
     signals.set_run_dir(run_dir)
-    previous = check_resumable(run_dir, config, eval_set)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    previous = check_resumable(run_dir, config, eval_set)  # every rank reads, before rank 0 writes
+    distributed.barrier()
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
 
     manifest: dict[str, Any] = {
         "adaptbench_run": run_dir.name,
@@ -259,23 +267,26 @@ def run(
         },
         "packages": package_versions(),
         "hardware": hardware(),
+        "world_size": distributed.world_size(),
         "strategies": previous.get("strategies", {}),
         **({"latency_probe": previous["latency_probe"]} if "latency_probe" in previous else {}),
     }
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    if main:
+        atomic_write_json(run_dir / "manifest.json", manifest)
 
     with phase("load"):
         ctx = open_context(config, eval_set, run_dir)
     backend = ctx.backend
     manifest["model"] = backend.describe()
     check_metric_capabilities(config, backend)  # fail before generating, not after
-    preds = PredictionLog(run_dir / "predictions.jsonl")
+    rank, world = distributed.rank(), distributed.world_size()
+    preds = PredictionLog(run_dir / "predictions.jsonl") if main else None  # rank 0 decides what is done
     prepared: set[str] = set()
 
     for strategy in strategies:
-        todo = [ex for ex in examples if not preds.done(strategy.id, ex["id"])]
-        entry = manifest["strategies"].get(strategy.id, {})
-        if not todo and entry.get("status") == "done":
+        todo_ids, skip = distributed.broadcast_object(pending(strategy, examples, preds, manifest))
+        todo = [ex for ex in examples if ex["id"] in todo_ids]
+        if skip:
             log.info("%s: all %d examples already in %s", strategy.id, len(examples), run_dir.name)
             continue
         start = time.perf_counter()
@@ -294,19 +305,26 @@ def run(
         )
         backoff = BatchBackoff(f"strategy {strategy.id!r}", config.generation.batch_size)
         with phase("generate"):
-            for batch in batches(batch_order(strategy, todo), config.generation.batch_size):
-                for part, (answers, seconds) in backoff.run(
-                    functools.partial(predict_timed, strategy), batch
-                ):
-                    preds.append(
-                        prediction_record(strategy, ex, ans, seconds, len(part))
-                        for ex, ans in zip(part, answers, strict=True)
+            for batch in distributed.shard_batches(
+                batch_order(strategy, todo), config.generation.batch_size, rank, world
+            ):
+                records = [
+                    prediction_record(strategy, ex, ans, seconds, len(part))
+                    for part, (answers, seconds) in backoff.run(
+                        functools.partial(predict_timed, strategy), batch
                     )
-                    bar.update(len(part))
+                    for ex, ans in zip(part, answers, strict=True)
+                ]
+                records = distributed.flatten(distributed.gather_objects(records))
+                if preds is not None:
+                    preds.append(records)
+                    bar.update(len(records))
                 signals.checkpoint(run_dir)  # Ctrl-C / SIGTERM: stop here, every answer so far is saved
-        restore_order(preds.path, strategy.id, examples)  # example order on disk, as unsorted
         bar.close()
         mem.stop()
+        if preds is None:
+            continue
+        restore_order(preds.path, strategy.id, examples)  # example order on disk, as unsorted
         cost = {
             "prepare_seconds": round(prepare_seconds, 3),
             "peak_rss_bytes": mem.rss_peak,  # this strategy's prepare + predict window
@@ -322,8 +340,16 @@ def run(
             on_strategy_done(strategy.id, cost)
 
     signals.checkpoint(run_dir)
+    if distributed.broadcast_object(probe_needed(run_dir, config, strategies, manifest)):
+        for strategy in strategies:  # resumed as finished, not prepared yet; on every rank (may train)
+            if strategy.id not in prepared:
+                strategy.prepare(ctx)
+                prepared.add(strategy.id)
+    if not main:  # the rest is rank 0's: the single-request latency probe, scoring, the report
+        distributed.finish()
+        return RunResult(run_dir=run_dir, scores={})
     with phase("latency_probe"):
-        probe_latency(run_dir, config, ctx, strategies, prepared, examples, manifest, progress)
+        probe_latency(run_dir, config, strategies, examples, manifest, progress)
     with phase("score"):
         scores = compute_scores(run_dir, config, manifest, [s.id for s in strategies], backend=backend)
     manifest["status"] = "complete"
@@ -333,7 +359,18 @@ def run(
         render_reports(run_dir)
     manifest["phases"] = phases.totals()  # this process's phases (a resumed run: only what it redid)
     atomic_write_json(run_dir / "manifest.json", manifest)
+    distributed.finish()
     return RunResult(run_dir=run_dir, scores=scores)
+
+
+def pending(
+    strategy: Strategy, examples: list[dict[str, Any]], preds: PredictionLog | None, manifest: dict[str, Any]
+) -> tuple[set[str], bool]:
+    """(ids of the examples ``strategy`` still has to answer, whether it is finished) from rank 0's log."""
+    if preds is None:
+        return set(), False  # not rank 0: rank 0's answer is broadcast
+    todo = {ex["id"] for ex in examples if not preds.done(strategy.id, ex["id"])}
+    return todo, not todo and manifest["strategies"].get(strategy.id, {}).get("status") == "done"
 
 
 def check_metric_capabilities(config: RunConfig, backend: GenerationBackend) -> None:
@@ -347,44 +384,6 @@ def check_metric_capabilities(config: RunConfig, backend: GenerationBackend) -> 
             if protocol is None:
                 raise ConfigError(f"metrics: {name!r} declares an unknown backend capability {capability!r}")
             require(backend, protocol, f"the {name} metric")
-
-
-def probe_latency(
-    run_dir: Path,
-    config: RunConfig,
-    ctx: RunContext,
-    strategies: list[Strategy],
-    prepared: set[str],
-    examples: list[dict[str, Any]],
-    manifest: dict[str, Any],
-    progress: bool,
-) -> None:
-    """Serving-style latency probe (``harness.latency``) after the batched pass; ``latency.jsonl``.
-
-    Skipped when disabled or already done for the same settings and strategies (resume)."""
-    settings = {**config.latency_probe.model_dump(), "strategies": [s.id for s in strategies]}
-    done = manifest.get("latency_probe") or {}
-    if config.latency_probe.requests == 0 or (
-        done.get("status") == "done"
-        and done.get("settings") == settings
-        and (run_dir / LATENCY_FILE).is_file()
-    ):
-        return
-    for strategy in strategies:  # strategies resumed as finished were not prepared in this process
-        if strategy.id not in prepared:
-            strategy.prepare(ctx)
-            prepared.add(strategy.id)
-    timings = run_probe(
-        strategies,
-        examples,
-        requests=config.latency_probe.requests,
-        warmup=config.latency_probe.warmup,
-        seed=config.seed,
-        progress=progress,
-    )
-    atomic_write_text(run_dir / LATENCY_FILE, "".join(json.dumps(t.to_json()) + "\n" for t in timings))
-    manifest["latency_probe"] = {"status": "done", "settings": settings, "requests_timed": len(timings)}
-    atomic_write_json(run_dir / "manifest.json", manifest)
 
 
 def compute_scores(

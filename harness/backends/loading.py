@@ -210,7 +210,8 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
     qconf = quantization_config(quant, dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        # this process's GPU: cuda:LOCAL_RANK under torchrun (harness.distributed.init sets it)
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
     refuse_pickle_only(source, cfg)
     try:
         tokenizer = load_tokenizer(source, cfg)
