@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from harness import distributed
 from harness.backends.base import AdapterHost, Prompt, require
 from harness.data import EvalSet
 from harness.errors import ModelError
@@ -150,7 +151,7 @@ class AdapterStrategy:
                 "inference_base": inference_val_loss(host, name, data.validation),
             }
             if (
-                not self.params.adapter_path
+                not self.params.adapter_path and distributed.is_main()
             ):  # our cache entry: remember it (never write into a user's folder)
                 atomic_write_json(result.adapter_dir / cache.RECORD_FILE, result.record)
         self.write_training_record(ctx, result, source=self.training_record["source"])
@@ -174,7 +175,8 @@ class AdapterStrategy:
 
     def write_training_record(self, ctx: RunContext, result: TrainResult, source: str) -> None:
         rec = {**result.record, "adapter_dir": str(result.adapter_dir), "source": source}
-        atomic_write_json(ctx.run_dir / "training" / f"{self.id}.json", rec)
+        if distributed.is_main():  # torchrun / accelerate: rank 0 writes the run folder
+            atomic_write_json(ctx.run_dir / "training" / f"{self.id}.json", rec)
         self.training_record = rec
         self.cost.update(
             train_seconds=rec.get("train_seconds"),

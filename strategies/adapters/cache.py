@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from harness import distributed
 from harness.errors import ConfigError, ModelError
 from harness.plugin import RunContext
 from harness.rundir import read_json
@@ -41,6 +42,8 @@ def cache_key(ctx: RunContext, params: TrainParams, data: TrainData, key_extra: 
         "device": backend.device,
         "extra": key_extra,
     }
+    if distributed.world_size() > 1:  # DDP: the global batch is batch_size x grad_accum x world_size
+        material["world_size"] = distributed.world_size()
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -80,13 +83,22 @@ def adapter_bytes(path: Path) -> int:
 
 @contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
-    """A temporary folder next to ``target`` (same file system, so ``publish`` is one rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    """A temporary folder next to ``target`` (same file system, so ``publish`` is one rename).
+
+    Under DDP rank 0 makes and removes it and every rank gets its path: the trainer's checkpoints
+    (early stopping reloads the best one on every rank) live in one folder.
+    """
+    tmp = None
+    if distributed.is_main():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    tmp = distributed.broadcast_object(tmp)
+    assert tmp is not None
     try:
         yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish(tmp: Path, target: Path) -> None:

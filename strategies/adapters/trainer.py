@@ -14,13 +14,14 @@ import math
 import re
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness import signals
+from harness import distributed, signals
 from harness.backends.base import TrainableBase, require
 from harness.errors import DataError
 from harness.locks import build_lock
@@ -183,6 +184,7 @@ def build_trainer(
         report_to="none",
         disable_tqdm=True,
         use_cpu=device == "cpu",
+        ddp_find_unused_parameters=False,  # DDP (torchrun): every LoRA weight is used in each forward
         dataloader_num_workers=0,
         **precision_flags(device),
     )
@@ -260,11 +262,13 @@ def train_adapter(
         raise DataError(f"{ctx.eval_set.root}: no training examples for {label}")
     key = cache.cache_key(ctx, params, data, key_extra)
     target = cache.adapter_dir(ctx.cache_dir, key)
-    if params.cache and cache.is_cached(target):
+    # Under DDP rank 0 decides (broadcast) and holds the lock: every rank then trains together or none.
+    if distributed.broadcast_object(params.cache and cache.is_cached(target)):
         log.info("%s: adapter cache hit %s", label, target)
         return TrainResult(target, read_json(target / cache.RECORD_FILE), True, data)
-    with build_lock(target, "adapter"):  # a twin run training the same adapter: wait, then hit
-        if params.cache and cache.is_cached(target):
+    # a twin run training the same adapter: wait, then hit
+    with build_lock(target, "adapter") if distributed.is_main() else nullcontext():
+        if distributed.broadcast_object(params.cache and cache.is_cached(target)):
             log.info("%s: adapter cache hit %s (trained by another process)", label, target)
             return TrainResult(target, read_json(target / cache.RECORD_FILE), True, data)
         with signals.immediate():  # no safe midpoint: an interrupt abandons the staging folder
@@ -289,7 +293,7 @@ def _train_halving(
         if exc.errno not in STORAGE_ERRNOS:
             raise
         raise storage_error(target, exc) from None  # the staging folder is gone; nothing published
-    if events:
+    if events and distributed.is_main():
         result.record["oom_retries"] = events
         atomic_write_json(target / cache.RECORD_FILE, result.record)
     return result
@@ -325,7 +329,13 @@ def _train_once(
             train_seconds = time.perf_counter() - start
             history = list(trainer.state.log_history)
             final_loss = final_val_loss(trainer, history)
-            trainer.model.save_pretrained(str(tmp))
+            if distributed.is_main():
+                trainer.model.save_pretrained(str(tmp))
+        if not distributed.is_main():  # DDP: rank 0 writes the record and publishes; then read it
+            del trainer, model, loaded
+            _free(device)
+            distributed.barrier()
+            return TrainResult(target, read_json(target / cache.RECORD_FILE), False, data)
         state = trainer.state
         tokens = int(state.num_input_tokens_seen or 0)
         val_base = float(base_eval["eval_loss"])
@@ -342,6 +352,8 @@ def _train_once(
             "optimizer": optimizer_name(params, device),
             "params": params.model_dump(mode="json", include=set(TRAIN_KEYS)),
             "seed": ctx.seed,
+            "world_size": distributed.world_size(),
+            "global_batch": params.batch_size * params.grad_accum * distributed.world_size(),
             "n_train_sequences": len(data.train),
             "n_kb_chunks": data.kb_chunks,
             "n_validation": len(data.validation),
@@ -375,6 +387,7 @@ def _train_once(
         del trainer, model, loaded
         _free(device)
         cache.publish(tmp, target)
+        distributed.barrier()  # the other DDP ranks read the published adapter now
     log.info(
         "%s: trained %d steps in %.1f s; val loss %.4f -> %.4f; adapter %s",
         label, record["steps"], record["train_seconds"], record["val_loss_base"], record["val_loss_final"], target,
