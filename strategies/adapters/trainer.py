@@ -324,6 +324,10 @@ def _train_once(
             timer = step_timer(trainer)
             trainable, total = trainer.model.get_nb_trainable_parameters()
             base_eval = trainer.evaluate()
+            if distributed.active():
+                # evaluate() marks the model as accelerate-prepared (evaluation mode, unwrapped), and
+                # train() then skips the DDP wrapping: ranks would train apart, unsynchronised.
+                trainer.model._is_accelerate_prepared = False
             start = time.perf_counter()
             out = trainer.train()
             train_seconds = time.perf_counter() - start
