@@ -86,6 +86,8 @@ def init(timeout_s: float = 1800.0) -> None:
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     _initialised_here = True
     log.info("distributed: rank %d of %d (%s)", rank(), world_size(), backend)
+    if not is_main():  # progress messages once (rank 0's), warnings and errors from every rank
+        logging.getLogger("adaptbench").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
 
 
 def finish() -> None:
