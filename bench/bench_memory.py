@@ -6,7 +6,11 @@
    build do not depend on the limit) in a subprocess; peak and end-of-phase RSS per phase from
    ``manifest["phases"]`` (see bench/bench_demo.py). ``end MiB`` after ``train`` shows whether the 4-bit
    training copy was released (it should return to about the level before training).
-2. Validation pass: for each adapter strategy of the demo, one ``trainer.evaluate()`` on its validation rows
+2. Training steps: ``--train-steps`` optimizer steps of each adapter strategy's real trainer (its demo
+   params), in a fresh subprocess per arm: ``malloc_fixed`` (the harness default,
+   ``harness.memory.return_freed_memory_to_os``) vs ``malloc_glibc`` (``ADAPTBENCH_MALLOC=0``: glibc's dynamic
+   mmap threshold). Prints peak RSS, seconds per step and the ratios (the fix must not cost speed).
+3. Validation pass: for each adapter strategy of the demo, one ``trainer.evaluate()`` on its validation rows
    over the 4-bit training base, in a fresh subprocess per arm: ``loss_only`` (the trainer's setting,
    ``prediction_loss_only=True``) vs ``with_logits`` (the transformers default, which adds a forward pass
    for the full logits and keeps them for the whole validation set). Prints peak RSS and the ratio.
@@ -66,8 +70,75 @@ def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
     }
 
 
-def subprocess_json(cmd: list[str]) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+def train_worker(strategy_id: str, steps: int, cache: Path) -> dict:
+    """``steps`` optimizer steps of the strategy's trainer on its demo params; peak RSS and s/step."""
+    import time
+
+    from harness import plugin
+    from harness.config import load_config
+    from harness.data import load_eval_set
+    from harness.memory import PeakMemory, return_freed_memory_to_os
+    from harness.runner import open_context
+    from strategies.adapters.data import build_data
+    from strategies.adapters.quantized import load_training_base, prepare_for_training
+    from strategies.adapters.trainer import build_trainer
+
+    fixed = return_freed_memory_to_os()
+    cfg = load_config(DEMO)
+    cfg.cache_dir = cache
+    index = next(i for i, s in enumerate(cfg.strategies) if s.key == strategy_id)
+    strategy = plugin.build(cfg.strategies[index], index)
+    ctx = open_context(cfg, load_eval_set(cfg.eval_set.path), cache / "run")
+    strategy.setup(ctx)
+    params = strategy.params.model_copy(update={"max_steps": steps})
+    data = build_data(ctx, params, strategy.training_prompts)
+    with PeakMemory(ctx.backend.device) as mem:
+        loaded, quant, _ = load_training_base(ctx.backend, params)
+        model = prepare_for_training(loaded.model, quant, params)
+        trainer = build_trainer(
+            model, loaded.tokenizer, params, data, ctx.backend.device, cache / "ckpt", 0, "bench", evaluate=False
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return {
+        "strategy": strategy_id,
+        "malloc_fixed": fixed,
+        "steps": steps,
+        "seconds_per_step": round(seconds / steps, 2),
+        "rss_before_bytes": mem.start_rss,
+        "peak_bytes": mem.peak,
+    }
+
+
+def train_section(strategies: list[str], steps: int) -> None:
+    import os
+
+    print(f"\n== adapter training, {steps} steps: peak RSS with a fixed vs glibc's dynamic mmap threshold ==")
+    print(f"{'strategy':<12}{'arm':<14}{'s/step':>8}{'before MiB':>12}{'peak MiB':>10}{'x glibc':>9}{'time x':>8}")
+    with tempfile.TemporaryDirectory(prefix="bench-memory-train-") as cache:
+        for sid in strategies:
+            rows = {}
+            for arm, flag in (("malloc_glibc", "0"), ("malloc_fixed", "1")):
+                cmd = [sys.executable, __file__, "--train-worker", sid, str(steps), cache]
+                rows[arm] = subprocess_json(cmd, env={**os.environ, "ADAPTBENCH_MALLOC": flag})
+            base = rows["malloc_glibc"]
+            for arm, r in rows.items():
+                if "error" in r:
+                    print(f"{sid:<12}{arm:<14} failed: {r['error']}")
+                    continue
+                ok = "error" not in base
+                ratio = f"{r['peak_bytes'] / base['peak_bytes']:.2f}" if ok else "-"
+                tratio = f"{r['seconds_per_step'] / base['seconds_per_step']:.2f}" if ok else "-"
+                print(
+                    f"{sid:<12}{arm:<14}{r['seconds_per_step']:>8.1f}{r['rss_before_bytes'] / 2**20:>12.0f}"
+                    f"{r['peak_bytes'] / 2**20:>10.0f}{ratio:>9}{tratio:>8}"
+                )
+                print(json.dumps({"section": "train", "arm": arm, **r}))
+
+
+def subprocess_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": f"exit {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-5:])}
@@ -79,8 +150,15 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--strategies", default="qlora,rag_qlora")
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--train-steps", type=int, default=3, help="0 skips the training section")
+    ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--eval-worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--train-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.train_worker:
+        sid, steps, cache = args.train_worker
+        print(json.dumps(train_worker(sid, int(steps), Path(cache))))
+        return
     if args.eval_worker:
         sid, arm, cache = args.eval_worker
         print(json.dumps(eval_worker(sid, arm, Path(cache))))
@@ -98,6 +176,10 @@ def main() -> None:
         print(f"== demo phases (fresh cache, limit {args.limit}) ==")
         print_results([{"arm": "current", **res}])
 
+    if args.train_steps:
+        train_section(args.strategies.split(","), args.train_steps)
+    if args.skip_eval:
+        return
     print("\n== adapter validation pass: trainer.evaluate() peak memory ==")
     print(
         f"{'strategy':<12}{'arm':<13}{'rows':>6}{'eval_loss':>11}{'seconds':>9}{'before MiB':>12}{'peak MiB':>10}{'x loss_only':>12}"

@@ -1,0 +1,47 @@
+"""Freed activation-sized tensors go back to the OS (``harness.memory.return_freed_memory_to_os``).
+
+Each case runs in a fresh interpreter (mallopt is process-wide): allocate 200 tensors of 2 MiB, keep every
+tenth one so the heap cannot be trimmed from its top, free the rest, and read the resident set. With
+glibc's default dynamic mmap threshold (raised by freeing one larger block first, as a training step
+does) the freed blocks stay resident; with the fixed threshold they are unmapped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import json, sys, psutil, torch
+from harness.memory import return_freed_memory_to_os
+applied = return_freed_memory_to_os()
+proc = psutil.Process()
+big = torch.ones(4 << 20, dtype=torch.uint8); del big          # an mmapped block freed: threshold rises
+base = proc.memory_info().rss
+blocks = [torch.ones(2 << 20, dtype=torch.uint8) for _ in range(200)]
+kept = blocks[::10]; del blocks
+print(json.dumps({"applied": applied, "grown_mb": (proc.memory_info().rss - base) / 2**20}))
+"""
+
+
+def _run(env_extra: dict[str, str]) -> dict:
+    env = {**os.environ, **env_extra}
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_freed_tensors_leave_the_resident_set():
+    fixed = _run({})
+    default = _run({"ADAPTBENCH_MALLOC": "0"})
+    assert fixed["applied"] is True and default["applied"] is False
+    # 20 kept blocks = 40 MiB must stay; the 360 MiB freed must not (default glibc keeps most of it).
+    assert fixed["grown_mb"] < 80, fixed
+    assert default["grown_mb"] > 200, default
