@@ -96,7 +96,15 @@ def train_worker(strategy_id: str, steps: int, cache: Path) -> dict:
         loaded, quant, _ = load_training_base(ctx.backend, params)
         model = prepare_for_training(loaded.model, quant, params)
         trainer = build_trainer(
-            model, loaded.tokenizer, params, data, ctx.backend.device, cache / "ckpt", 0, "bench", evaluate=False
+            model,
+            loaded.tokenizer,
+            params,
+            data,
+            ctx.backend.device,
+            cache / "ckpt",
+            0,
+            "bench",
+            evaluate=False,
         )
         start = time.perf_counter()
         trainer.train()
@@ -115,7 +123,9 @@ def train_section(strategies: list[str], steps: int) -> None:
     import os
 
     print(f"\n== adapter training, {steps} steps: peak RSS with a fixed vs glibc's dynamic mmap threshold ==")
-    print(f"{'strategy':<12}{'arm':<14}{'s/step':>8}{'before MiB':>12}{'peak MiB':>10}{'x glibc':>9}{'time x':>8}")
+    print(
+        f"{'strategy':<12}{'arm':<14}{'s/step':>8}{'before MiB':>12}{'peak MiB':>10}{'x glibc':>9}{'time x':>8}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-memory-train-") as cache:
         for sid in strategies:
             rows = {}
