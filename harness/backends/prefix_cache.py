@@ -122,7 +122,11 @@ def compute_prefix_kv(model: Any, prefix: Sequence[int], device: Any) -> Any | N
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    kwargs: dict[str, Any] = {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+        kwargs["logits_to_keep"] = 1  # only the keys and values are wanted, not a vocabulary row per token
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **kwargs)
     cache = getattr(out, "cache", None)
     if cache is None:
         cache = getattr(out, "past_key_values", None)
