@@ -2,17 +2,26 @@
 
     python bench/bench_generation.py [--model smollm2-135m-instruct | --shape tiny|1b|7b] [--device cpu|cuda]
                                      [--n 92] [--batch-size 16] [--max-new-tokens 96] [--static-cache]
+                                     [--strategy prompt|few_shot|rag]
 
-Prompts: the demo's zero-shot ``prompt`` strategy over the demo test split. Arms, one process, one model:
+Prompts: one of the demo's strategies over the demo test split (``--strategy``: ``prompt``, zero-shot, the
+default; ``few_shot``: 4 demonstrations; ``rag``: top-4 chunks -> 3 sentences, 3 demonstrations). Arms, one
+process, one model:
 
   bare          tokenizer + ``model.generate`` per batch in example order, greedy, no stop strings: the
                 engine's own speed (tokens counted up to each row's EOS)
   harness       the runner's pass: length-sorted batches (``harness.batching``) through the strategy's
                 ``predict`` and the backend, no stop strings: the same work as ``bare``
   harness+stop  the same with the demo's stop string ("\\n\\n") ended inside ``generate``
+  harness+stop (prefix cache off)
+                the same with the backend's shared-prefix KV cache off (ADAPTBENCH_PREFIX_CACHE=0): the
+                gain of reusing the system prompt + demonstrations' keys and values across batches
 
+The prefix cache is emptied before each harness arm, so every arm pays for computing its own prefixes.
 Printed: tokens, seconds, tokens/s per arm; harness/bare tokens/s (target >= 0.8); the wall-time ratio of
-harness+stop to bare; and the share of answers identical to bare's (cut at the stop string afterwards).
+harness+stop to bare; the wall-time ratio of harness+stop with the prefix cache to without it, and the
+prefix cache's counters; the share of answers identical to bare's (cut at the stop string afterwards) and
+of answers identical with and without the prefix cache.
 ``--shape 1b|7b`` uses a random-init Llama of that size (bench/shapes.py) for GPU sizing; ``--static-cache``
 turns on the static KV cache (+ torch.compile on CUDA) in the backend; FlashAttention-2 is used when the
 ``flash_attn`` package is installed and the device is CUDA.
@@ -21,6 +30,7 @@ turns on the static KV cache (+ torch.compile on CUDA) in the backend; FlashAtte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +43,19 @@ SYSTEM = (
     "You are the customer-support assistant of Nimbus Cycles, an e-bike company. "
     "Answer the customer's question in one short, factual sentence."
 )
+# The demo's strategies (configs/demo.yaml).
+STRATEGIES = {
+    "prompt": {"name": "prompt", "system_prompt": SYSTEM},
+    "few_shot": {"name": "prompt", "shots": 4, "system_prompt": SYSTEM},
+    "rag": {
+        "name": "rag",
+        "top_k": 4,
+        "context_sentences": 3,
+        "shots": 3,
+        "system_prompt": "You are the customer-support assistant of Nimbus Cycles. "
+        "Answer with one sentence copied from the context.",
+    },
+}
 
 
 def bare_pass(loaded, texts: list[str], batch_size: int, max_new: int) -> tuple[float, int, list[str]]:
@@ -85,6 +108,7 @@ def main() -> None:
     ap.add_argument("--stop", default="\n\n")
     ap.add_argument("--static-cache", action="store_true", help="static KV cache (+ compile on CUDA)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--strategy", default="prompt", choices=sorted(STRATEGIES), help="whose prompts")
     args = ap.parse_args()
 
     import torch
@@ -118,7 +142,24 @@ def main() -> None:
     eval_set = load_eval_set(REPO / "eval_sets" / "nimbus_support")
     test = list(eval_set.split("test"))
     examples = [{**test[i % len(test)], "id": f"{test[i % len(test)]['id']}#{i}"} for i in range(args.n)]
-    strategy = plugin.build(StrategySpec(name="prompt", id="bench", system_prompt=SYSTEM), 0)
+    strategy = plugin.build(StrategySpec(id="bench", **STRATEGIES[args.strategy]), 0)
+    prefix_cache = backend.prefix_cache  # None when turned off (ADAPTBENCH_PREFIX_CACHE=0, static cache)
+
+    def harness_arm(name: str, prefix: bool) -> dict[str, str]:
+        """One harness pass with the prefix cache on (emptied first: the arm computes its prefixes) or off."""
+        backend.prefix_cache = prefix_cache if prefix else None
+        before = dataclasses.replace(prefix_cache.stats) if prefix_cache is not None else None
+        if prefix_cache is not None:
+            prefix_cache.clear()
+        s, t, texts = harness_pass(strategy, examples, args.batch_size)
+        results[name] = {"seconds": s, "tokens": t}
+        if prefix and prefix_cache is not None and before is not None:
+            after = prefix_cache.stats
+            results[name]["prefix"] = {
+                k: getattr(after, k) - getattr(before, k) for k in ("computed", "hits", "tokens_saved")
+            }
+        backend.prefix_cache = prefix_cache
+        return texts
 
     def context(stop: list[str]) -> RunContext:
         gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, stop=stop)
@@ -132,32 +173,39 @@ def main() -> None:
     results: dict[str, dict] = {}
     s, t, bare_texts = bare_pass(loaded, texts, args.batch_size, args.max_new_tokens)
     results["bare"] = {"seconds": s, "tokens": t}
-    s, t, _ = harness_pass(strategy, examples, args.batch_size)
-    results["harness"] = {"seconds": s, "tokens": t}
+    harness_arm("harness", prefix=True)
     strategy.ctx = context([args.stop])
-    s, t, stop_texts = harness_pass(strategy, examples, args.batch_size)
-    results["harness+stop"] = {"seconds": s, "tokens": t}
+    stop_texts = harness_arm("harness+stop", prefix=True)
+    off_texts = harness_arm("harness+stop (prefix cache off)", prefix=False)
     for r in results.values():
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
 
     expected = [cut_at_stop(x, [args.stop]) for x in bare_texts]
     same = sum(stop_texts[ex["id"]] == e for ex, e in zip(examples, expected, strict=True)) / len(examples)
+    same_prefix = sum(stop_texts[k] == off_texts[k] for k in stop_texts) / len(stop_texts)
     bare = results["bare"]
     summary = {
         "harness_vs_bare_tokens_per_s": results["harness"]["tokens_per_s"] / bare["tokens_per_s"],
         "harness_stop_vs_bare_wall": results["harness+stop"]["seconds"] / bare["seconds"],
+        "prefix_on_vs_off_wall": results["harness+stop"]["seconds"]
+        / results["harness+stop (prefix cache off)"]["seconds"],
         "identical_answers_vs_bare_cut": same,
+        "identical_answers_prefix_on_off": same_prefix,
     }
+    prompt_tokens = [backend.count_tokens(x) for x in texts]
     print(
         f"model={model_id} device={loaded.info.device} dtype={loaded.info.dtype} n={args.n} "
+        f"strategy={args.strategy} prompt_tokens_mean={sum(prompt_tokens) / len(prompt_tokens):.0f} "
         f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} static_cache={args.static_cache} "
-        f"threads={torch.get_num_threads()}"
+        f"prefix_cache={prefix_cache is not None} threads={torch.get_num_threads()}"
     )
-    print(f"{'arm':<14}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
+    print(f"{'arm':<34}{'tokens':>8}{'seconds':>10}{'tok/s':>10}  prefix cache")
     for name, r in results.items():
-        print(f"{name:<14}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.1f}")
+        print(
+            f"{name:<34}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.1f}  {r.get('prefix', '')}"
+        )
     for key, value in summary.items():
-        print(f"{key:<32}{value:>8.3f}")
+        print(f"{key:<34}{value:>8.3f}")
     print(json.dumps({"arms": results, **summary}, default=float))
 
 

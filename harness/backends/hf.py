@@ -24,6 +24,14 @@ from harness.backends import register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
 from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
 from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
+from harness.backends.prefix_cache import (
+    PrefixCache,
+    cache_kwarg,
+    compute_prefix_kv,
+    enabled_by_env,
+    expand,
+    layout,
+)
 from harness.config import GenerationConfig, ModelConfig
 from harness.latency import mark_first_token, probing
 
@@ -83,6 +91,10 @@ class TransformersBackend:
         # Static KV cache + torch.compile: helps on GPU for repeated batch shapes; off by default (on CPU and
         # for the demo's varying shapes recompilation costs more than it saves). ADAPTBENCH_STATIC_CACHE=1.
         self.static_cache = os.environ.get("ADAPTBENCH_STATIC_CACHE", "") == "1"
+        # Shared-prompt-prefix KV reuse (harness/backends/prefix_cache.py); ADAPTBENCH_PREFIX_CACHE=0 turns it
+        # off. Not combined with the static cache, which owns its own preallocated cache.
+        self.prefix_cache = PrefixCache() if enabled_by_env() and not self.static_cache else None
+        self._cache_kwarg = cache_kwarg()
 
     @classmethod
     def open(cls, model_cfg: ModelConfig, cache_dir: Path) -> TransformersBackend:
@@ -90,7 +102,11 @@ class TransformersBackend:
 
     def describe(self) -> dict[str, Any]:
         """The manifest's ``model`` entry."""
-        return {**asdict(self.loaded.info), "backend": self.name}
+        return {
+            **asdict(self.loaded.info),
+            "backend": self.name,
+            "prefix_cache": self.prefix_cache is not None,
+        }
 
     # -- prompts -------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -109,6 +125,8 @@ class TransformersBackend:
         from peft import PeftModel
 
         self._unmerge()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()  # belt and braces: entries are keyed by adapter name, names may be reused
         if isinstance(self.model, PeftModel):
             if name not in self.model.peft_config:
                 self.model.load_adapter(path, adapter_name=name)
@@ -148,22 +166,52 @@ class TransformersBackend:
         return contextlib.nullcontext()
 
     # -- generation ----------------------------------------------------------------------------
-    def _encode(
-        self, prompts: list[Prompt], max_new_tokens: int
-    ) -> tuple[dict[str, torch.Tensor], list[int], list[bool]]:
+    def _prompt_ids(self, prompts: list[Prompt], max_new_tokens: int) -> tuple[list[list[int]], list[bool]]:
         budget = max(8, self.context_window - max_new_tokens)
         ids = [self._ids(self.render(p)) for p in prompts]
         truncated = [len(x) > budget for x in ids]
         # Keep the end of an over-long prompt: the question and the generation prompt live there.
-        ids = [x[-budget:] for x in ids]
-        lengths = [len(x) for x in ids]
+        return [x[-budget:] for x in ids], truncated
+
+    def _encode(
+        self, prompts: list[Prompt], max_new_tokens: int
+    ) -> tuple[dict[str, torch.Tensor], list[int], list[bool]]:
+        ids, truncated = self._prompt_ids(prompts, max_new_tokens)
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        return {k: v.to(self.model.device) for k, v in batch.items()}, lengths, truncated
+        return {k: v.to(self.model.device) for k, v in batch.items()}, [len(x) for x in ids], truncated
+
+    def _with_prefix(self, ids: list[list[int]], adapter: str | None) -> dict[str, Any] | None:
+        """``generate`` inputs reusing a cached shared prefix of ``ids`` (computed now if new), or ``None``.
+
+        Called inside ``using_adapter(adapter)``: the merged state read here is the one in effect."""
+        cache = self.prefix_cache
+        if cache is None:
+            return None
+        weights = (adapter, self.merged_adapter)
+        prefix = cache.choose(weights, ids)
+        if prefix is None:
+            return None
+        kv = cache.get(weights, prefix)
+        if kv is None:
+            kv = compute_prefix_kv(self.model, prefix, self.model.device)
+            if kv is None:
+                cache.supported = False  # e.g. sliding-window layers: this model always takes the plain path
+                return None
+            cache.put(weights, prefix, kv)
+            cache.stats.computed += 1
+            cache.stats.tokens_saved += len(prefix) * (len(ids) - 1)
+        else:
+            cache.stats.hits += 1
+            cache.stats.tokens_saved += len(prefix) * len(ids)
+        inputs = layout(len(prefix), ids, self._pad_id(), self.model.device)
+        inputs[self._cache_kwarg] = expand(kv, len(ids))
+        return inputs
 
     def generate(
         self, prompts: list[Prompt], params: GenerationConfig, adapter: str | None = None
     ) -> BatchGeneration:
-        inputs, lengths, truncated = self._encode(prompts, params.max_new_tokens)
+        ids, truncated = self._prompt_ids(prompts, params.max_new_tokens)
+        lengths = [len(x) for x in ids]
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
@@ -173,26 +221,29 @@ class TransformersBackend:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if params.stop:
-            # Per-row stopping inside generate: a row that produced a stop string is finished (pads
-            # from then on), and the batch ends as soon as every row is finished, instead of running
-            # to max_new_tokens and cutting the text afterwards. Greedy text is unchanged (cut below).
-            kwargs["stopping_criteria"] = self._stop_criteria(
-                tuple(params.stop), inputs["input_ids"].shape[1]
-            )
         if self.static_cache:
             kwargs["cache_implementation"] = "static"
         if probing():  # a latency-probe request: observe when the first new token exists
             kwargs["streamer"] = FirstTokenStreamer()
         if self.device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = time.perf_counter()  # a new prefix's forward pass is part of this call's time
         with torch.inference_mode(), self.using_adapter(adapter):
+            inputs = self._with_prefix(ids, adapter)
+            if inputs is None:
+                batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+                inputs = {k: v.to(self.model.device) for k, v in batch.items()}
+            width = inputs["input_ids"].shape[1]
+            if params.stop:
+                # Per-row stopping inside generate: a row that produced a stop string is finished (pads
+                # from then on), and the batch ends as soon as every row is finished, instead of running
+                # to max_new_tokens and cutting the text afterwards. Greedy text is unchanged (cut below).
+                kwargs["stopping_criteria"] = self._stop_criteria(tuple(params.stop), width)
             out = self.model.generate(**inputs, **kwargs)
         if self.device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        new = out[:, inputs["input_ids"].shape[1] :]
+        new = out[:, width:]
         stop_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         gen_cfg = getattr(self.model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
