@@ -9,7 +9,7 @@ all happen, as on a first run; ``warm`` uses the user cache (adapters and index 
 latency_probe, score, report; nested phases overlap their parent.
 
 Arms: ``current`` is the code as is; ``legacy`` turns off the evaluation-pass changes in-process (no length
-sorting, stop strings cut only after generating) so their effect is measured in the same run. Target for
+sorting, stop strings cut only after generating, no shared-prefix KV cache) so their effect is measured in the same run. Target for
 ``current`` on 2 CPU cores: the whole demo in <= 8 minutes.
 """
 
@@ -36,7 +36,11 @@ def worker(arm: str, cache: str, limit: int | None, out: Path) -> dict:
     from harness.runner import run
 
     if arm == "legacy":
+        import os
+
         from harness import batching
+
+        os.environ["ADAPTBENCH_PREFIX_CACHE"] = "0"
         from harness.backends.hf import TransformersBackend
 
         batching.SORT_BY_LENGTH = False
