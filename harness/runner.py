@@ -233,6 +233,7 @@ def run(
     examples = select_examples(eval_set, config)
     strategies = build_strategies(config, source)  # validate params before the slow model load
     get_backend(config.model.backend)  # and the backend name
+    check_strategy_capabilities(strategies, config, source)  # and that it can serve every strategy
 
     run_dir = run_dir or (config.output_dir / make_run_id(config, config_path))
     ensure_dir(run_dir)
@@ -334,6 +335,16 @@ def run(
     manifest["phases"] = phases.totals()  # this process's phases (a resumed run: only what it redid)
     atomic_write_json(run_dir / "manifest.json", manifest)
     return RunResult(run_dir=run_dir, scores=scores)
+
+
+def check_strategy_capabilities(strategies: list[Strategy], config: RunConfig, source: str) -> None:
+    """Fail before the model loads when a strategy needs a capability the backend lacks (one line)."""
+    from harness.validate import capability_problems
+
+    for i, strategy in enumerate(strategies):
+        problems = capability_problems(strategy, config.model.backend)
+        if problems:
+            raise ConfigError(f"{source}: strategies[{i}]: {problems[0]}")
 
 
 def check_metric_capabilities(config: RunConfig, backend: GenerationBackend) -> None:
