@@ -120,10 +120,29 @@ def capability_problems(strategy: plugin.Strategy, backend_name: str) -> list[st
     return problems
 
 
+def metric_capability_problems(cfg: RunConfig) -> list[str]:
+    """Metrics that need a backend capability ``model.backend`` lacks (``coherence`` needs
+    ``LogLikelihood``, which served and GGUF backends do not have)."""
+    from harness.backends import base, get_backend
+    from harness.scoring.registry import get_metric
+
+    problems = []
+    for name in cfg.metrics:
+        for capability in sorted(get_metric(name).capabilities):
+            protocol = getattr(base, capability, None)
+            if protocol is not None and not base.provides(get_backend(cfg.model.backend), protocol):
+                problems.append(
+                    f"metrics: {name!r} needs a backend with {capability}; model.backend "
+                    f"{cfg.model.backend!r} has none: drop it from metrics, or use model.backend: transformers"
+                )
+    return problems
+
+
 def validate_config(cfg: RunConfig, source: str) -> Validation:
     """Run every model-free check; problems are one line each, prefixed with ``source``."""
     out = Validation()
     out.problems += [f"{source}: {p}" for p in model_problems(cfg.model.id, cfg.model.backend)]
+    out.problems += [f"{source}: {p}" for p in metric_capability_problems(cfg)]
     try:
         eval_set = open_eval_set(cfg.eval_set)
     except DataError as exc:

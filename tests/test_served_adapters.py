@@ -108,3 +108,16 @@ def test_run_with_unlisted_served_adapter_fails_clearly(tmp_path, fake):
         ModelError, match=r"served_adapter: 'nope' is not served at .*served: tiny, support-lora"
     ):
         run(load_config(path), config_path=path, progress=False)
+
+
+@pytest.mark.parametrize("backend", [SERVED, {"backend": "llama_cpp"}])
+def test_validate_coherence_needs_log_likelihoods(tmp_path, backend):
+    path = config(tmp_path, backend, {"name": "rag"})
+    data = yaml.safe_load(path.read_text())
+    data["metrics"] = ["token_f1", "coherence"]
+    path.write_text(yaml.safe_dump(data))
+    (line,) = problems(load_config(path))
+    assert (
+        f"metrics: 'coherence' needs a backend with LogLikelihood; model.backend '{backend['backend']}'"
+        in line
+    )
