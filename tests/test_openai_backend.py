@@ -93,6 +93,17 @@ def test_stream_cut_mid_answer_is_retried_whole(fake):
     assert clock.first_token is not None
 
 
+def test_stream_done_without_finish_reason_is_a_cut_answer(fake):
+    """llama-cpp-python's server (interrupt_requests) ends a stream with [DONE] and no finish reason when
+    another request waits: that answer is incomplete, so it is retried, not kept."""
+    fake.interrupt_streams = 1
+    be = backend(fake.url)
+    with request_clock():
+        (g,) = be.generate([prompt("say it all")], GEN).generations
+    assert g.text == "echo: say it all"
+    assert len(fake.requests) == 2 and be.stats["retries"] == 1
+
+
 def test_backoff_doubles_with_jitter_and_honours_retry_after():
     from harness.backends._http import HTTPStatusError, with_retries
 
