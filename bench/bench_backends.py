@@ -40,12 +40,13 @@ ARMS = ("transformers", "llama_cpp", "server_c1", "server_c4")
 def evaluate(backend, spec, eval_set, examples, gen) -> dict:
     """The runner's loop minus file writes: build the strategy on ``backend``, generate every example."""
     from harness import plugin
+    from harness.backends.loading import cache_root
     from harness.batching import batch_order
     from harness.plugin import RunContext
     from harness.runner import batches, predict_timed
 
     strategy = plugin.build(spec, 0)
-    strategy.prepare(RunContext(eval_set, backend, gen, 0, REPO / ".bench-cache", Path("/tmp")))
+    strategy.prepare(RunContext(eval_set, backend, gen, 0, cache_root(), Path("/tmp")))
     predict_timed(strategy, examples[:1])  # warm-up: first-call allocations, server connection
     start = time.perf_counter()
     tokens = 0
