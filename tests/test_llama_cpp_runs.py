@@ -23,7 +23,7 @@ from tests.conftest import REPO
 from tests.support.llama_server import LlamaServer, missing_server_modules
 
 DEMO = REPO / "configs" / "demo.yaml"
-LIMIT = 8
+LIMIT = 4
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,8 +50,8 @@ def demo_config(tmp_path: Path, model: dict, **extra) -> Path:
     data["model"] = model
     data["eval_set"]["path"] = str((DEMO.parent / data["eval_set"]["path"]).resolve())
     data["strategies"] = [s for s in data["strategies"] if s["id"] in ("prompt", "rag")]
-    data["generation"].update(max_new_tokens=32, batch_size=4)
-    data["latency_probe"] = {"requests": 2, "warmup": 0}
+    data["generation"].update(max_new_tokens=16, batch_size=4)
+    data["latency_probe"] = {"requests": 1, "warmup": 0}
     data["metrics"] = ["token_f1", "fact_accuracy", "exact_match", "recall_at_k"]
     data["output_dir"] = str(tmp_path / "reports")
     data.update(extra)
@@ -126,7 +126,7 @@ def test_adapter_strategy_on_llama_cpp_server_is_one_clear_line(tmp_path, server
 def test_server_killed_mid_run_and_restarted(tmp_path, server):
     """SIGKILL the real server once a few predictions are on disk, restart it on the same port: the run
     retries through the outage and predictions.jsonl holds each strategy x example exactly once."""
-    n, strategies = 12, ["zero_shot", "terse"]
+    n, strategies = 8, ["zero_shot", "terse"]
     data = {
         "model": {
             "backend": "openai",
@@ -141,7 +141,7 @@ def test_server_killed_mid_run_and_restarted(tmp_path, server):
             {"name": "prompt", "id": "zero_shot"},
             {"name": "prompt", "id": "terse", "system_prompt": "Answer in five words or fewer."},
         ],
-        "generation": {"max_new_tokens": 24, "batch_size": 2},
+        "generation": {"max_new_tokens": 16, "batch_size": 2},
         "latency_probe": {"requests": 0},
         "metrics": ["token_f1"],
         "primary_metric": "token_f1",

@@ -34,13 +34,16 @@ SEED = 0  # sent with every request: a sampled answer depends on its prompt only
 
 
 def cpu_threads() -> int:
-    """``ADAPTBENCH_LLAMA_THREADS`` when set (a shared machine, a benchmark), else every core."""
+    """``ADAPTBENCH_LLAMA_THREADS`` when set (a benchmark, a shared machine), else half the logical cores
+    (llama-cpp-python's own default: one per physical core). llama.cpp's threads spin while they wait, so
+    more threads than free cores is far slower, not faster (2 threads on a busy 2-core machine: ~5x slower
+    than 1)."""
     value = os.environ.get("ADAPTBENCH_LLAMA_THREADS", "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
             raise ModelError(f"ADAPTBENCH_LLAMA_THREADS: {value!r} is not a positive whole number of threads")
         return int(value)
-    return max(1, os.cpu_count() or 1)
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def gguf_path(cfg: ModelConfig) -> Path:
@@ -64,7 +67,9 @@ class LlamaCppBackend:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.llama, self.cfg, self.path, self.load_seconds = llama, cfg, path, load_seconds
-        self.context_window = int(llama.n_ctx())
+        # llama.cpp may round the context up (to 256), but llama-cpp-python's token buffer keeps the size
+        # asked for: a prompt longer than that fails to decode, so the smaller one is the window.
+        self.context_window = min(int(llama.n_ctx()), int(llama.context_params.n_ctx) or int(llama.n_ctx()))
         self._ids = functools.lru_cache(maxsize=4096)(self._tokenize)  # length keys, then generate
         template = llama.metadata.get("tokenizer.chat_template")
         self._formatter = (

@@ -24,6 +24,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from harness.backends.llama_cpp import cpu_threads
+
 SERVER_MODULES = (
     "llama_cpp",
     "uvicorn",
@@ -70,7 +72,7 @@ class LlamaServer:
 
             model = smollm2_gguf_path()
         self.model, self.alias, self.n_ctx = Path(model), alias, n_ctx
-        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.n_threads = n_threads or cpu_threads()  # the in-process backend's choice (and env override)
         self.port = port or free_port()
         self.log = log or Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
