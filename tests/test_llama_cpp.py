@@ -126,4 +126,6 @@ def test_openai_backend_on_real_llama_cpp_server(llama_server, endpoint):
         (streamed,) = backend.generate([PROMPT], GEN).generations
     assert clock.first_token is not None and streamed.text
     assert streamed.text == texts[0]  # streaming changes nothing in what is generated
+    # llama-cpp-python streams no usage; one content event per token counts the answer exactly here
+    assert streamed.new_tokens == out.generations[0].new_tokens
     print(f"functional only: {out.new_tokens} new tokens in {out.seconds:.2f}s")

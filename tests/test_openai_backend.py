@@ -63,6 +63,20 @@ def test_usage_missing_falls_back_to_estimate():
         server.stop()
 
 
+def test_stream_without_usage_counts_content_events():
+    """llama-cpp-python streams no usage: a streamed answer's tokens are its content events (about one
+    per token), not characters / 4."""
+    server = FakeOpenAI(usage=False).start()
+    try:
+        be = backend(server.url)
+        with request_clock():
+            (g,) = be.generate([prompt("stream me please")], GEN).generations
+        assert g.text == "echo: stream me please" and g.new_tokens == 4  # ceil(22 / 4) would be 6
+        assert be.stats["estimated"] == 1
+    finally:
+        server.stop()
+
+
 def test_stop_strings_sent_and_applied(fake):
     be = backend(fake.url)
     (g,) = be.generate(

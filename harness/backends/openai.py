@@ -104,7 +104,11 @@ class OpenAIBackend:
             if self.cfg.max_context
             else ("server" if self.served.get("max_model_len") else f"assumed {DEFAULT_CONTEXT}"),
             "token_counts": "server usage; fallback "
-            + (f"local tokenizer {self.cfg.tokenizer}" if self.tokenizer else "estimate ceil(chars/4)"),
+            + (
+                f"local tokenizer {self.cfg.tokenizer}"
+                if self.tokenizer
+                else "estimate ceil(chars/4); streams: one token per content event"
+            ),
             "render": (
                 "local tokenizer chat template"
                 if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None)
@@ -212,6 +216,10 @@ class OpenAIBackend:
                 parts.append(piece)
             if event.get("usage"):
                 usage = event["usage"]
+        if "completion_tokens" not in usage and self.tokenizer is None:
+            # No usage in the stream (llama-cpp-python ignores stream_options): servers send about one
+            # content event per generated token, a closer estimate than characters / 4.
+            usage = {**usage, "completion_tokens": len(parts), "estimated": True}
         return "".join(parts), usage
 
     def _on_retry(self, i: int, exc: BaseException) -> None:
@@ -223,7 +231,7 @@ class OpenAIBackend:
         self, prompt: Prompt, text: str, usage: dict[str, Any], params: GenerationConfig
     ) -> Generation:
         n_prompt, n_new = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        estimated = n_prompt is None or n_new is None
+        estimated = n_prompt is None or n_new is None or bool(usage.get("estimated"))
         if n_prompt is None:
             n_prompt = self.count_tokens(self.render(prompt))
         if n_new is None:
