@@ -8,6 +8,7 @@ environment has ``llama-cpp-python[server]``); by default it is this interpreter
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 import pytest
@@ -71,6 +72,8 @@ def test_in_process_backend_generates_on_default_gguf(in_process):
     info = backend.describe()
     assert info["backend"] == "llama_cpp" and info["render"] == "GGUF chat template"
     assert info["context_window"] == backend.context_window == 2048
+    default = max(1, (os.cpu_count() or 2) // 2)  # one per physical core unless set
+    assert info["threads"] == int(os.environ.get("ADAPTBENCH_LLAMA_THREADS") or default)
 
 
 @pytest.mark.slow

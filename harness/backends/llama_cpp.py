@@ -36,8 +36,7 @@ SEED = 0  # sent with every request: a sampled answer depends on its prompt only
 def cpu_threads() -> int:
     """``ADAPTBENCH_LLAMA_THREADS`` when set (a benchmark, a shared machine), else half the logical cores
     (llama-cpp-python's own default: one per physical core). llama.cpp's threads spin while they wait, so
-    more threads than free cores is far slower, not faster (2 threads on a busy 2-core machine: ~5x slower
-    than 1)."""
+    more threads than free cores is several times slower, not faster."""
     value = os.environ.get("ADAPTBENCH_LLAMA_THREADS", "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
@@ -117,6 +116,7 @@ class LlamaCppBackend:
             "dtype": "gguf",
             "quantization": "gguf",
             "context_window": self.context_window,
+            "threads": int(self.llama.context_params.n_threads),
             "load_seconds": round(self.load_seconds, 3),
             "render": "GGUF chat template" if self._formatter else "plain 'Role: text' transcript",
         }
