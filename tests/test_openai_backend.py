@@ -63,6 +63,20 @@ def test_usage_missing_falls_back_to_estimate():
         server.stop()
 
 
+def test_stream_without_usage_counts_content_events():
+    """llama-cpp-python streams no usage: a streamed answer's tokens are its content events (about one
+    per token), not characters / 4."""
+    server = FakeOpenAI(usage=False).start()
+    try:
+        be = backend(server.url)
+        with request_clock():
+            (g,) = be.generate([prompt("stream me please")], GEN).generations
+        assert g.text == "echo: stream me please" and g.new_tokens == 4  # ceil(22 / 4) would be 6
+        assert be.stats["estimated"] == 1
+    finally:
+        server.stop()
+
+
 def test_stop_strings_sent_and_applied(fake):
     be = backend(fake.url)
     (g,) = be.generate(
@@ -91,6 +105,17 @@ def test_stream_cut_mid_answer_is_retried_whole(fake):
     assert g.text == "echo: say it once"  # the broken attempt's first word is not kept
     assert len(fake.requests) == 2 and be.stats["retries"] == 1
     assert clock.first_token is not None
+
+
+def test_stream_done_without_finish_reason_is_a_cut_answer(fake):
+    """llama-cpp-python's server (interrupt_requests) ends a stream with [DONE] and no finish reason when
+    another request waits: that answer is incomplete, so it is retried, not kept."""
+    fake.interrupt_streams = 1
+    be = backend(fake.url)
+    with request_clock():
+        (g,) = be.generate([prompt("say it all")], GEN).generations
+    assert g.text == "echo: say it all"
+    assert len(fake.requests) == 2 and be.stats["retries"] == 1
 
 
 def test_backoff_doubles_with_jitter_and_honours_retry_after():

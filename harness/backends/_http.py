@@ -154,14 +154,14 @@ def post_stream(
         if resp.status >= 300:
             body = resp.read().decode("utf-8", "replace")
             raise HTTPStatusError(resp.status, body, ep.public + route, _retry_after(resp))
-        finished = False
+        finished = done = False
         for raw in resp:
             line = raw.decode("utf-8", "replace").strip()
             if not line.startswith("data:"):
                 continue  # blank separators, comments (": ping"), event:/id: fields
             data = line[5:].strip()
             if data == "[DONE]":
-                finished = True
+                done = True
                 break
             try:
                 event = json.loads(data)
@@ -175,7 +175,10 @@ def post_stream(
                 finished = True
             yield event
         if not finished:
-            raise TruncatedStream(f"stream from {ep.public + route} ended before the answer finished")
+            # A [DONE] with no finish reason is a cut answer too: llama-cpp-python's server ends a stream
+            # that way when another request is waiting (unless started with --interrupt_requests False).
+            how = "with [DONE] but no finish reason" if done else "before the answer finished"
+            raise TruncatedStream(f"stream from {ep.public + route} ended {how}")
     finally:
         conn.close()
 

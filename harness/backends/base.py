@@ -91,6 +91,17 @@ class AdapterHost(Protocol):
 
 
 @runtime_checkable
+class ServedAdapters(Protocol):
+    """Optional: adapters hosted elsewhere (an inference server), selected by name per ``generate`` call.
+
+    ``check_served_adapter`` raises one clear ``ModelError`` line when the server does not list ``name``;
+    some servers (llama-cpp-python's) answer any model name with their base model, so an unchecked name
+    would silently evaluate the base as if it were the adapter."""
+
+    def check_served_adapter(self, name: str) -> None: ...
+
+
+@runtime_checkable
 class TrainableBase(Protocol):
     """Optional: a fresh copy of the base for a trainer, and the base's identity for adapter cache keys."""
 
@@ -100,6 +111,13 @@ class TrainableBase(Protocol):
     def training_copy(self, quantization: str) -> Any: ...
 
     def base_fingerprint(self) -> dict[str, Any]: ...
+
+
+def provides(backend_cls: type, capability: type) -> bool:
+    """Whether a backend *class* has every method of a method-only capability (checked before a model loads,
+    e.g. by ``adaptbench validate``; data members are set per instance, so they cannot be checked here)."""
+    methods = [n for n, v in vars(capability).items() if callable(v) and not n.startswith("_")]
+    return all(callable(getattr(backend_cls, n, None)) for n in methods)
 
 
 def require(backend: Any, capability: type, who: str) -> Any:

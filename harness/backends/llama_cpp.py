@@ -13,6 +13,7 @@ this module still loads and ``open`` fails with one line saying how to install i
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -22,13 +23,26 @@ from harness.backends import register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
 from harness.config import DEFAULT_MODEL, GenerationConfig, ModelConfig
 from harness.errors import ModelError
-from harness.latency import mark_first_token, probing
+from harness.latency import mark_first_token
 
 INSTALL_HINT = (
     "llama-cpp-python is not installed: build the portable wheel (docs/scaling.md) and "
     "`pip install --find-links ~/.cache/adaptbench-wheels --only-binary llama-cpp-python llama-cpp-python`"
 )
 DEFAULT_N_CTX = 2048
+SEED = 0  # sent with every request: a sampled answer depends on its prompt only, not on what ran before
+
+
+def cpu_threads() -> int:
+    """``ADAPTBENCH_LLAMA_THREADS`` when set (a benchmark, a shared machine), else half the logical cores
+    (llama-cpp-python's own default: one per physical core). llama.cpp's threads spin while they wait, so
+    more threads than free cores is several times slower, not faster."""
+    value = os.environ.get("ADAPTBENCH_LLAMA_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ModelError(f"ADAPTBENCH_LLAMA_THREADS: {value!r} is not a positive whole number of threads")
+        return int(value)
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def gguf_path(cfg: ModelConfig) -> Path:
@@ -52,7 +66,10 @@ class LlamaCppBackend:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.llama, self.cfg, self.path, self.load_seconds = llama, cfg, path, load_seconds
-        self.context_window = int(llama.n_ctx())
+        # llama.cpp may round the context up (to 256), but llama-cpp-python's token buffer keeps the size
+        # asked for: a prompt longer than that fails to decode, so the smaller one is the window.
+        self.context_window = min(int(llama.n_ctx()), int(llama.context_params.n_ctx) or int(llama.n_ctx()))
+        self._ids = functools.lru_cache(maxsize=4096)(self._tokenize)  # length keys, then generate
         template = llama.metadata.get("tokenizer.chat_template")
         self._formatter = (
             Jinja2ChatFormatter(
@@ -71,13 +88,15 @@ class LlamaCppBackend:
         except ImportError:
             raise ModelError(f"model.backend: llama_cpp: {INSTALL_HINT}") from None
         path = gguf_path(model_cfg)
+        threads = cpu_threads()
         start = time.perf_counter()
         llama = Llama(
             model_path=str(path),
             n_ctx=model_cfg.max_context or DEFAULT_N_CTX,
-            n_threads=max(1, (os.cpu_count() or 2)),
+            n_threads=threads,
+            n_threads_batch=threads,
             n_gpu_layers=0,
-            seed=0,
+            seed=SEED,
             verbose=False,
         )
         return cls(llama, model_cfg, path, time.perf_counter() - start)
@@ -97,6 +116,7 @@ class LlamaCppBackend:
             "dtype": "gguf",
             "quantization": "gguf",
             "context_window": self.context_window,
+            "threads": int(self.llama.context_params.n_threads),
             "load_seconds": round(self.load_seconds, 3),
             "render": "GGUF chat template" if self._formatter else "plain 'Role: text' transcript",
         }
@@ -107,11 +127,13 @@ class LlamaCppBackend:
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in prompt]
         return "\n\n".join(lines) + "\n\nAssistant:"
 
-    def _ids(self, text: str) -> list[int]:
-        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def _tokenize(self, text: str) -> tuple[int, ...]:
+        # special=True: the rendered template's markers (<|im_start|>) are single tokens, as in llama.cpp.
+        return tuple(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def count_tokens(self, text: str) -> int:
-        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        """Tokens of ``text`` as generation will see them (so a strategy's length key is the prompt size)."""
+        return len(self._ids(text))
 
     def generate(
         self, prompts: list[Prompt], params: GenerationConfig, adapter: str | None = None
@@ -125,28 +147,28 @@ class LlamaCppBackend:
         out = [self._one(p, params) for p in prompts]
         return BatchGeneration(out, time.perf_counter() - start)
 
+    @staticmethod
+    def _first_token(input_ids: Any, logits: Any) -> bool:
+        mark_first_token()
+        return False
+
     def _one(self, prompt: Prompt, params: GenerationConfig) -> Generation:
-        ids = self._ids(self.render(prompt))
+        ids = list(self._ids(self.render(prompt)))
         budget = max(8, self.context_window - params.max_new_tokens)
         truncated = len(ids) > budget
         ids = ids[-budget:]  # keep the end: the question and the generation prompt live there
-        kwargs: dict[str, Any] = {
-            "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p if params.temperature > 0 else 1.0,
-            "stop": list(params.stop) or None,
-        }
-        if probing():  # a latency-probe request: stream to see when the first token exists
-            parts: list[str] = []
-            for chunk in self.llama.create_completion(ids, stream=True, **kwargs):
-                piece = chunk["choices"][0].get("text") or ""
-                if piece:
-                    mark_first_token()
-                    parts.append(piece)
-            text = "".join(parts)
-            n_new = self.count_tokens(text)
-        else:
-            result = self.llama.create_completion(ids, **kwargs)
-            text = result["choices"][0]["text"]
-            n_new = int(result["usage"]["completion_tokens"])
+        result = self.llama.create_completion(
+            ids,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p if params.temperature > 0 else 1.0,
+            stop=list(params.stop) or None,
+            seed=SEED,
+            # Called once per sampled token, before it is detokenised: the first call is the first
+            # token's existence (a latency probe's TTFT; a no-op otherwise). No streaming needed, so
+            # the token count stays exact (llama-cpp-python's stream reports no usage).
+            stopping_criteria=self._first_token,
+        )
+        text = result["choices"][0]["text"]
+        n_new = int(result["usage"]["completion_tokens"])
         return Generation(cut_at_stop(text, params.stop), len(ids), n_new, truncated)

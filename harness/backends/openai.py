@@ -104,7 +104,11 @@ class OpenAIBackend:
             if self.cfg.max_context
             else ("server" if self.served.get("max_model_len") else f"assumed {DEFAULT_CONTEXT}"),
             "token_counts": "server usage; fallback "
-            + (f"local tokenizer {self.cfg.tokenizer}" if self.tokenizer else "estimate ceil(chars/4)"),
+            + (
+                f"local tokenizer {self.cfg.tokenizer}"
+                if self.tokenizer
+                else "estimate ceil(chars/4); streams: one token per content event"
+            ),
             "render": (
                 "local tokenizer chat template"
                 if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None)
@@ -212,6 +216,10 @@ class OpenAIBackend:
                 parts.append(piece)
             if event.get("usage"):
                 usage = event["usage"]
+        if "completion_tokens" not in usage and self.tokenizer is None:
+            # No usage in the stream (llama-cpp-python ignores stream_options): servers send about one
+            # content event per generated token, a closer estimate than characters / 4.
+            usage = {**usage, "completion_tokens": len(parts), "estimated": True}
         return "".join(parts), usage
 
     def _on_retry(self, i: int, exc: BaseException) -> None:
@@ -223,7 +231,7 @@ class OpenAIBackend:
         self, prompt: Prompt, text: str, usage: dict[str, Any], params: GenerationConfig
     ) -> Generation:
         n_prompt, n_new = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        estimated = n_prompt is None or n_new is None
+        estimated = n_prompt is None or n_new is None or bool(usage.get("estimated"))
         if n_prompt is None:
             n_prompt = self.count_tokens(self.render(prompt))
         if n_new is None:
@@ -235,25 +243,44 @@ class OpenAIBackend:
             self.stats["estimated"] += int(estimated)
         return Generation(cut_at_stop(text, params.stop), int(n_prompt), int(n_new), False)
 
+    def check_served_adapter(self, name: str) -> None:
+        """``ServedAdapters``: every URL must list ``name`` in ``GET /models`` (vLLM lists its
+        ``--lora-modules``). llama-cpp-python's server answers *any* model name with its base model, so
+        an unlisted name would silently evaluate the base under the adapter's label."""
+        for ep in self.endpoints:
+            ids = self._model_ids(ep)
+            if name not in ids:
+                raise ModelError(
+                    f"served_adapter: {name!r} is not served at {ep.public} (served: {', '.join(ids) or 'none'}); "
+                    "start the server with the adapter under that name (vllm serve --enable-lora "
+                    f"--lora-modules {name}=/path/to/adapter)"
+                )
+
+    def _model_ids(self, ep: Endpoint) -> list[str]:
+        return [str(m.get("id")) for m in self._list_models(ep)]
+
+    def _list_models(self, ep: Endpoint) -> list[dict[str, Any]]:
+        try:
+            data = with_retries(
+                lambda _i: get_json(ep, "/models", self._api_key, self.cfg.timeout_s),
+                max_retries=self.cfg.max_retries,
+                backoff_s=self.cfg.retry_backoff_s,
+            )
+        except (RetriesExhausted, HTTPStatusError) as exc:
+            last = exc.last if isinstance(exc, RetriesExhausted) else exc
+            raise ModelError(
+                f"model.base_url: cannot list models at {ep.public} ({describe_error(last)}); "
+                "is the server running?"
+            ) from None
+        return [m for m in (data.get("data") or []) if isinstance(m, dict)]
+
     # -- server check --------------------------------------------------------------------------
     def _check_server(self) -> dict[str, Any]:
         """``GET /models`` on every URL (with retries): fail early and clearly when a server is down
         or does not serve ``model.id``; learn the context window when the server reports it (vLLM)."""
         found: dict[str, Any] = {}
         for ep in self.endpoints:
-            try:
-                data = with_retries(
-                    lambda _i, ep=ep: get_json(ep, "/models", self._api_key, self.cfg.timeout_s),
-                    max_retries=self.cfg.max_retries,
-                    backoff_s=self.cfg.retry_backoff_s,
-                )
-            except (RetriesExhausted, HTTPStatusError) as exc:
-                last = exc.last if isinstance(exc, RetriesExhausted) else exc
-                raise ModelError(
-                    f"model.base_url: cannot list models at {ep.public} ({describe_error(last)}); "
-                    "is the server running?"
-                ) from None
-            models = [m for m in (data.get("data") or []) if isinstance(m, dict)]
+            models = self._list_models(ep)
             ids = [str(m.get("id")) for m in models]
             match = next((m for m in models if m.get("id") == self.cfg.id), None)
             if match is None and len(models) != 1:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import distributed
-from harness.backends.base import AdapterHost, Prompt, require
+from harness.backends.base import AdapterHost, Prompt, ServedAdapters, require
 from harness.data import EvalSet
-from harness.errors import ModelError
+from harness.errors import ConfigError, ModelError
 from harness.plugin import RunContext
 from harness.rundir import atomic_write_json
 from strategies.adapters import cache
@@ -97,20 +97,48 @@ class AdapterStrategy:
         return None
 
     def validate(self, eval_set: EvalSet) -> list[str]:
-        """The host's checks plus the training splits (skipped when a trained ``adapter_path`` is given)."""
+        """The host's checks plus the training splits (skipped when the adapter exists: ``adapter_path``
+        or ``served_adapter``)."""
         problems: list[str] = super().validate(eval_set)  # type: ignore[misc]
-        if not self.params.adapter_path:
+        if self.params.served_adapter and self.params.adapter_path:
+            problems.append(
+                "served_adapter: set either served_adapter (the server hosts the adapter) or adapter_path "
+                "(load a local folder), not both"
+            )
+        elif not (self.params.adapter_path or self.params.served_adapter):
             problems += split_problems(eval_set, self.params)
         return problems
+
+    def required_capabilities(self) -> dict[str, str]:
+        """Training or loading needs a backend that hosts adapters; a served adapter, one that selects
+        adapters by name on its server."""
+        if self.params.served_adapter:
+            return {
+                "ServedAdapters": "served_adapter names an adapter on a server; use model.backend: openai, "
+                "or drop served_adapter to train/load the adapter here (backend: transformers)"
+            }
+        return {
+            "AdapterHost": "train and load adapters with model.backend: transformers, or, on a served "
+            "model, set this strategy's served_adapter: <the name the server serves the adapter under>"
+        }
 
     # -- entry points ------------------------------------------------------------------------------
     def train(self, ctx: RunContext) -> TrainResult:
         """``adaptbench train``: train the adapter (or reuse the cached one); nothing is attached."""
+        if self.params.served_adapter:
+            raise ConfigError(
+                f"strategy {self.id!r}: served_adapter is set, so the adapter is served, not trained here; "
+                "drop served_adapter to train it"
+            )
         self.setup(ctx)
         return self._train(ctx)
 
     def prepare(self, ctx: RunContext) -> None:
-        """``adaptbench run``: adapter from ``adapter_path`` or training/cache, attached to the shared base."""
+        """``adaptbench run``: adapter from ``adapter_path`` or training/cache, attached to the shared base;
+        or, with ``served_adapter``, the adapter a server hosts, selected by name per request."""
+        if self.params.served_adapter:
+            self._use_served(ctx, self.params.served_adapter)
+            return
         host = require(ctx.backend, AdapterHost, f"strategy {self.id!r}")
         self.setup(ctx)
         params = self.params
@@ -124,6 +152,16 @@ class AdapterStrategy:
         self._attach(ctx, host, result)
 
     # -- steps -------------------------------------------------------------------------------------
+    def _use_served(self, ctx: RunContext, name: str) -> None:
+        server = require(ctx.backend, ServedAdapters, f"strategy {self.id!r} (served_adapter)")
+        server.check_served_adapter(name)
+        self.setup(ctx)
+        self.adapter = name
+        self.training_record = {"source": "served", "served_adapter": name}
+        self.cost.setdefault("notes", []).append(
+            f"adapter served by the server as {name!r} (trained elsewhere; no training cost here)"
+        )
+
     def _train(self, ctx: RunContext) -> TrainResult:
         result = train_adapter(
             ctx, self.params, self.training_prompts, key_extra=self.training_key_extra(), label=self.id

@@ -59,6 +59,12 @@ class AdapterParams(Params):
     adapter_path: str | None = Field(
         None, description="evaluate this trained adapter directory instead of training (CLI: --adapter)"
     )
+    served_adapter: str | None = Field(
+        None,
+        min_length=1,
+        description="evaluate the adapter a server serves under this name (model.backend: openai, e.g. "
+        "vllm --lora-modules NAME=/path) instead of training or loading one here",
+    )
     merge: bool = Field(
         False, description="merge LoRA weights into the base while this strategy generates (not for 4-bit)"
     )

@@ -23,6 +23,8 @@ class FakeOpenAI:
         self.delay_s = 0.0
         self.stop_after: int | None = None  # close the server after this many successful answers
         self.cut_streams = 0  # streams to break off after their first word (a server dying mid-answer)
+        self.interrupt_streams = 0  # streams to end with [DONE] after their first word (llama-cpp-python's
+        # interrupt_requests: the answer is cut, but the stream closes as if it were complete)
         self.requests: list[dict[str, Any]] = []
         self.answered = 0
         self.in_flight = 0
@@ -129,8 +131,14 @@ class FakeOpenAI:
         chat = path.endswith("chat/completions")
         with self.lock:
             cut, self.cut_streams = self.cut_streams > 0, max(0, self.cut_streams - 1)
+            interrupt, self.interrupt_streams = self.interrupt_streams > 0, max(0, self.interrupt_streams - 1)
         for i, word in enumerate(words):
             if cut and i == 1:
+                h.close_connection = True
+                return
+            if interrupt and i == 1:
+                h.wfile.write(b"data: [DONE]\n\n")
+                h.wfile.flush()
                 h.close_connection = True
                 return
             piece = word if i == 0 else " " + word
