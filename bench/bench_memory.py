@@ -30,17 +30,12 @@ sys.path.insert(0, str(REPO))
 DEMO = REPO / "configs" / "demo.yaml"
 
 
-def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
-    import time
-
+def demo_strategy(strategy_id: str, cache: Path):
+    """(run context, set-up strategy) of one demo strategy, with ``cache`` as the cache folder."""
     from harness import plugin
     from harness.config import load_config
     from harness.data import load_eval_set
-    from harness.memory import PeakMemory
     from harness.runner import open_context
-    from strategies.adapters.data import build_data
-    from strategies.adapters.quantized import load_training_base, prepare_for_training
-    from strategies.adapters.trainer import build_trainer
 
     cfg = load_config(DEMO)
     cfg.cache_dir = cache
@@ -48,6 +43,18 @@ def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
     strategy = plugin.build(cfg.strategies[index], index)
     ctx = open_context(cfg, load_eval_set(cfg.eval_set.path), cache / "run")
     strategy.setup(ctx)
+    return ctx, strategy
+
+
+def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
+    import time
+
+    from harness.memory import PeakMemory
+    from strategies.adapters.data import build_data
+    from strategies.adapters.quantized import load_training_base, prepare_for_training
+    from strategies.adapters.trainer import build_trainer
+
+    ctx, strategy = demo_strategy(strategy_id, cache)
     params = strategy.params
     data = build_data(ctx, params, strategy.training_prompts)
     loaded, quant, _ = load_training_base(ctx.backend, params)
@@ -74,22 +81,13 @@ def train_worker(strategy_id: str, steps: int, cache: Path) -> dict:
     """``steps`` optimizer steps of the strategy's trainer on its demo params; peak RSS and s/step."""
     import time
 
-    from harness import plugin
-    from harness.config import load_config
-    from harness.data import load_eval_set
     from harness.memory import PeakMemory, return_freed_memory_to_os
-    from harness.runner import open_context
     from strategies.adapters.data import build_data
     from strategies.adapters.quantized import load_training_base, prepare_for_training
     from strategies.adapters.trainer import build_trainer
 
     fixed = return_freed_memory_to_os()
-    cfg = load_config(DEMO)
-    cfg.cache_dir = cache
-    index = next(i for i, s in enumerate(cfg.strategies) if s.key == strategy_id)
-    strategy = plugin.build(cfg.strategies[index], index)
-    ctx = open_context(cfg, load_eval_set(cfg.eval_set.path), cache / "run")
-    strategy.setup(ctx)
+    ctx, strategy = demo_strategy(strategy_id, cache)
     params = strategy.params.model_copy(update={"max_steps": steps})
     data = build_data(ctx, params, strategy.training_prompts)
     with PeakMemory(ctx.backend.device) as mem:
