@@ -11,9 +11,11 @@ samples can be missed; the base model, loaded once and shared, is included).
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import threading
+from collections.abc import Iterator
 
 import psutil
 
@@ -120,6 +122,7 @@ class PeakMemory:
 # glibc's mallopt parameter numbers (malloc.h).
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 4 << 20
+HEAP_REUSE_THRESHOLD_BYTES = 32 << 20  # glibc's own ceiling for its dynamic threshold (64-bit)
 
 
 def return_freed_memory_to_os() -> bool:
@@ -145,3 +148,31 @@ def return_freed_memory_to_os() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     except (OSError, AttributeError):  # musl or another libc without mallopt
         return False
+
+
+def _mallopt_threshold(value: int) -> bool:
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, value))
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def freed_memory_returned() -> Iterator[bool]:
+    """Within the block (adapter training), allocations of 4 MiB or more are mmapped and returned on free;
+    afterwards the threshold goes to glibc's 32 MiB ceiling, so generation reuses heap blocks again.
+
+    Only around training: the same fixed threshold made batched RAG generation 2x slower (its growing
+    KV-cache tensors exceed 4 MiB and were mapped and zeroed afresh every decoding step), while training
+    keeps its speed and sheds a quarter of its peak RSS. Yields whether the threshold was set.
+    """
+    applied = return_freed_memory_to_os()
+    try:
+        yield applied
+    finally:
+        if applied:
+            _mallopt_threshold(HEAP_REUSE_THRESHOLD_BYTES)

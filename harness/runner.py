@@ -27,7 +27,7 @@ from harness.data import EvalSet, open_eval_set
 from harness.errors import ConfigError
 from harness.latency import probe_latency, probe_needed
 from harness.manifest import hardware, now_iso, package_versions
-from harness.memory import PeakMemory, process_peak_rss_bytes, return_freed_memory_to_os
+from harness.memory import PeakMemory, process_peak_rss_bytes
 from harness.oom import BatchBackoff
 from harness.phases import phase
 from harness.plugin import Answer, RunContext, Strategy
@@ -210,7 +210,6 @@ def train(
     if not strategies:
         names = ", ".join(sorted({s.name for s in config.strategies}))
         raise ConfigError(f"{source}: no strategy here trains anything ({names}); add e.g. a qlora strategy")
-    return_freed_memory_to_os()
     distributed.init()  # torchrun / accelerate: every rank trains (DDP); rank 0 writes
     run_dir = distributed.broadcast_object(
         run_dir or (config.output_dir / make_run_id(config, config_path, "train"))
@@ -239,7 +238,6 @@ def run(
     get_backend(config.model.backend)  # and the backend name
     check_strategy_capabilities(strategies, config, source)  # and that it can serve every strategy
 
-    mmap_fixed = return_freed_memory_to_os()  # before the model load: keeps the resident set small
     distributed.init()  # torchrun / accelerate: shard the examples, rank 0 writes (harness.distributed)
     main = distributed.is_main()
     progress = progress and main
@@ -269,7 +267,7 @@ def run(
             "kb_updates": len(eval_set.kb_updates),
         },
         "packages": package_versions(),
-        "hardware": {**hardware(), "malloc_mmap_threshold_fixed": mmap_fixed},
+        "hardware": hardware(),
         "world_size": distributed.world_size(),
         "strategies": previous.get("strategies", {}),
         **({"latency_probe": previous["latency_probe"]} if "latency_probe" in previous else {}),

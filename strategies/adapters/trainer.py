@@ -25,7 +25,7 @@ from harness import distributed, signals
 from harness.backends.base import TrainableBase, require
 from harness.errors import DataError
 from harness.locks import build_lock
-from harness.memory import PeakMemory
+from harness.memory import PeakMemory, freed_memory_returned
 from harness.oom import retry_halving
 from harness.optional import require_module
 from harness.phases import phase
@@ -308,7 +308,7 @@ def _train_once(
         import transformers
 
         transformers.set_seed(ctx.seed)
-        with PeakMemory(device) as mem:
+        with freed_memory_returned() as mmap_fixed, PeakMemory(device) as mem:
             load_start = time.perf_counter()
             loaded, quant, fallback = load_training_base(backend, params)
             model, tokenizer = prepare_for_training(loaded.model, quant, params), loaded.tokenizer
@@ -375,6 +375,7 @@ def _train_once(
             "tokens_per_s": round(tokens / timer.step_seconds, 1) if timer.step_seconds > 0 else None,
             "peak_memory_bytes": int(mem.peak),
             "peak_memory_kind": mem.kind,
+            "malloc_mmap_threshold_fixed": mmap_fixed,
             "rss_before_bytes": int(mem.start_rss),
             "trainable_params": int(trainable),
             "total_params": int(total),
