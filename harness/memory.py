@@ -136,21 +136,15 @@ def return_freed_memory_to_os() -> bool:
     Off with ``ADAPTBENCH_MALLOC=0``; an explicit ``MALLOC_MMAP_THRESHOLD_`` in the environment wins.
     Returns whether it was applied.
     """
-    import ctypes
     import os
 
     if os.environ.get("ADAPTBENCH_MALLOC", "1") == "0" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):  # musl or another libc without mallopt
-        return False
+    return _mallopt_threshold(MMAP_THRESHOLD_BYTES)
 
 
 def _mallopt_threshold(value: int) -> bool:
+    """Set glibc's mmap threshold; False off Linux or on a libc without ``mallopt`` (musl)."""
     import ctypes
 
     if not sys.platform.startswith("linux"):
