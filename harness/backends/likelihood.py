@@ -7,7 +7,8 @@ whose tokens are scored. Rows are right-padded (positions stay ``0..len-1``) and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -40,56 +41,78 @@ def pad_rows(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; custom
+    ``trust_remote_code`` models may not), looked up through a peft wrapper."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _each_batch(
     model: Any,
     rows: list[Row],
     pad_id: int,
     batch_size: int,
-    use: Callable[[torch.Tensor, torch.Tensor], None],
-) -> None:
-    """Call ``use(nll, mask)`` per batch: the NLL of every next-token prediction and the completion mask,
-    both ``[batch, width-1]``. Eval mode and no autograd inside; the model's train/eval mode is restored."""
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Yield ``(row indices, nll, mask)`` per batch: the NLL of every scored next-token prediction and the
+    completion mask, both ``[batch, kept]``. Eval mode and no autograd inside; the model's mode is restored.
+
+    Why it is shaped like this: on a CPU the forward pass is the whole cost, so rows are batched longest
+    first (similar lengths, little padding) and the LM head projects only the positions from the batch's
+    earliest completion on (``logits_to_keep``): context positions need no ``[width, vocab]`` logits.
+    """
     device = next(model.parameters()).device
+    keep_ok = _keeps_logits(model)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(rows), batch_size):
-                batch = pad_rows(rows[start : start + batch_size], pad_id)
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                chunk = [rows[i] for i in idx]
+                batch = pad_rows(chunk, pad_id)
+                width = batch["input_ids"].shape[1]
+                # The first scored prediction is made at the last context token of the earliest completion.
+                first = max(0, min(n_ctx for _, n_ctx in chunk) - 1)
+                kwargs = {"logits_to_keep": width - first} if keep_ok and first > 0 else {}
+                first = first if kwargs else 0
                 logits = model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    **kwargs,
                 ).logits
-                logits = logits[:, :-1].float()
-                target = batch["labels"][:, 1:].to(device)
+                logits = logits[:, :-1]
+                # bf16/fp16 are scored in fp32; fp64 stays fp64
+                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+                target = batch["labels"][:, first + 1 :].to(device)
                 nll = torch.nn.functional.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]),
                     target.reshape(-1),
                     ignore_index=-100,
                     reduction="none",
                 ).view(target.shape)
-                use(nll, (target != -100).float())
+                yield idx, nll, (target != -100).float()
     finally:
         model.train(was_training)
 
 
 def masked_mean_nll(model: Any, rows: list[Row], pad_id: int, batch_size: int = 8) -> list[float]:
     """Mean NLL per completion token of each row (0.0 for a row without completion tokens)."""
-    out: list[float] = []
-
-    def use(nll: torch.Tensor, mask: torch.Tensor) -> None:
-        out.extend(((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist())
-
-    _each_batch(model, rows, pad_id, batch_size, use)
+    out = [0.0] * len(rows)
+    for idx, nll, mask in _each_batch(model, rows, pad_id, batch_size):
+        for i, value in zip(idx, ((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist(), strict=True):
+            out[i] = value
     return out
 
 
 def token_mean_nll(model: Any, rows: list[Row], pad_id: int, batch_size: int = 8) -> float:
     """Token-weighted mean NLL over the completion tokens of all rows (a validation loss)."""
-    acc = [0.0, 0]
-
-    def use(nll: torch.Tensor, mask: torch.Tensor) -> None:
-        acc[0] += (nll * mask).sum().item()
-        acc[1] += int(mask.sum().item())
-
-    _each_batch(model, rows, pad_id, batch_size, use)
-    return acc[0] / max(1, acc[1])
+    total, count = 0.0, 0
+    for _, nll, mask in _each_batch(model, rows, pad_id, batch_size):
+        total += (nll * mask).sum().item()
+        count += int(mask.sum().item())
+    return total / max(1, count)

@@ -1,0 +1,127 @@
+"""Scoring benchmark: answer perplexity (coherence's fluency term), the score phase's one model pass.
+
+    python bench/bench_scoring.py [--run reports/<run-id>] [--n 460] [--batch-size 8] [--model ID]
+
+Rows: every answer of a run folder's ``predictions.jsonl`` (``--run``: the real lengths of a verbose model's
+answers) or, without one, the demo test split's reference answers, each given its question rendered as a
+single user turn (``harness.scoring.perplexity``). Arms, one process, one model, the same rows:
+
+  plain     the pass as it was before issue 16's change: rows in example order, batches right-padded, the
+            full ``[batch, width, vocab]`` logits projected and scored (the same-run baseline)
+  harness   ``harness.backends.likelihood``: rows longest first (little padding), logits projected only from
+            the batch's earliest completion on (``logits_to_keep``)
+
+Printed: rows, completion tokens, padded positions and logit positions each arm computed, seconds, the
+ratio harness / plain, and the largest absolute difference between the two arms' per-answer NLL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def plain_pass(model, rows, pad_id: int, batch_size: int) -> tuple[list[float], int]:
+    """The straightforward reference: example order, full logits, mean NLL of each row's completion."""
+    import torch
+
+    from harness.backends.likelihood import pad_rows
+
+    out: list[float] = []
+    positions = 0
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = pad_rows(rows[start : start + batch_size], pad_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            positions += logits.shape[0] * logits.shape[1]
+            logits = logits[:, :-1].float()
+            target = batch["labels"][:, 1:]
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(target.shape)
+            mask = (target != -100).float()
+            out.extend(((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist())
+    return out, positions
+
+
+def load_rows(backend, run: Path | None, n: int) -> list[tuple[list[int], int]]:
+    from harness.data import load_eval_set
+
+    pairs: list[tuple[str, str]] = []
+    if run is not None:
+        for line in (run / "predictions.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            pairs.append((rec.get("question", ""), rec.get("prediction") or ""))
+    else:
+        test = list(load_eval_set(REPO / "eval_sets" / "nimbus_support").split("test"))
+        pairs = [(ex["question"], ex["answer"]) for ex in test]
+    pairs = [(q, a) for q, a in pairs if a.strip()]
+    pairs = [pairs[i % len(pairs)] for i in range(n or len(pairs))]
+    rows = []
+    for q, a in pairs:
+        ctx = backend._ids(backend.render([{"role": "user", "content": q}]))
+        rows.append((ctx + backend._ids(a)[:256], len(ctx)))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--run", type=Path, help="a run folder whose predictions give the answers")
+    ap.add_argument("--n", type=int, default=0, help="rows (0: every answer)")
+    ap.add_argument("--batch-size", type=int, default=8, help="the scorer's batch (answer_perplexities)")
+    args = ap.parse_args()
+
+    import torch
+
+    from harness.backends import likelihood
+    from harness.backends.hf import TransformersBackend
+    from harness.backends.loading import cache_root, load_model
+    from harness.config import ModelConfig
+
+    cfg = ModelConfig(id=args.model)
+    backend = TransformersBackend(load_model(cfg, cache_root()), cfg)
+    model, pad = backend.model, backend._pad_id()
+    rows = load_rows(backend, args.run, args.n)
+    completion_tokens = sum(len(ids) - c for ids, c in rows)
+
+    calls: list[tuple[int, int, int]] = []  # (rows, width, logits kept) per harness forward
+    real = model.forward
+
+    def spy(**kw):
+        b, w = kw["input_ids"].shape
+        calls.append((b, w, kw.get("logits_to_keep", 0) or w))
+        return real(**kw)
+
+    likelihood.masked_mean_nll(model, rows[:2], pad, 2)  # warm-up
+    start = time.perf_counter()
+    plain, plain_positions = plain_pass(model, rows, pad, args.batch_size)
+    plain_s = time.perf_counter() - start
+    model.forward = spy
+    start = time.perf_counter()
+    ours = likelihood.masked_mean_nll(model, rows, pad, args.batch_size)
+    ours_s = time.perf_counter() - start
+    model.forward = real
+    padded = sum(b * w for b, w, _ in calls)
+    projected = sum(b * k for b, _, k in calls)
+    diff = max(abs(a - b) for a, b in zip(plain, ours, strict=True))
+    print(
+        f"model={args.model} rows={len(rows)} completion_tokens={completion_tokens} batch={args.batch_size} "
+        f"threads={torch.get_num_threads()} source={'run ' + str(args.run) if args.run else 'reference answers'}"
+    )
+    print(f"{'arm':<10}{'positions':>11}{'logit rows':>12}{'seconds':>10}{'answers/s':>11}")
+    print(
+        f"{'plain':<10}{plain_positions:>11}{plain_positions:>12}{plain_s:>10.2f}{len(rows) / plain_s:>11.1f}"
+    )
+    print(f"{'harness':<10}{padded:>11}{projected:>12}{ours_s:>10.2f}{len(rows) / ours_s:>11.1f}")
+    print(f"harness_vs_plain_seconds {ours_s / plain_s:.3f}   max |nll difference| {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

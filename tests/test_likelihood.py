@@ -1,0 +1,106 @@
+"""The masked completion NLL (answer perplexity, adapter validation loss) equals a plain reference: the whole
+``[batch, width, vocab]`` logits of each row scored on its own. The backend batches longest-first and asks
+the model for logits only from the earliest completion on (``logits_to_keep``); neither may change a number.
+
+Float64 and rescaled weights (as in the prefix-cache tests), so "equal" is checked to 1e-9 and a wrong
+slice (an off-by-one between the kept logits and their targets) cannot hide behind a flat random model.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from harness.backends import likelihood
+from harness.backends.hf import TransformersBackend
+from harness.backends.loading import load_model
+from harness.config import ModelConfig
+from tests.test_prefix_cache import sensitive
+
+
+@pytest.fixture()
+def backend(tiny_model_dir, tmp_path) -> TransformersBackend:
+    return sensitive(TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path)))
+
+
+def reference_nll(model, ids: list[int], n_ctx: int) -> float:
+    """Mean NLL of ``ids[n_ctx:]`` given what precedes each token: one row, full logits, no padding."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits[:-1], dim=-1)
+    targets = torch.tensor(ids[1:])
+    per = -logp[torch.arange(len(targets)), targets]
+    scored = per[max(0, n_ctx - 1) :]
+    return float(scored.mean()) if len(scored) else 0.0
+
+
+def random_rows(vocab: int, n: int, seed: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        n_ctx, n_ans = rng.randint(1, 40), rng.randint(1, 30)
+        rows.append(([rng.randrange(4, vocab) for _ in range(n_ctx + n_ans)], n_ctx))
+    return rows
+
+
+class ForwardSpy:
+    """Records the ``logits_to_keep`` and input width of every forward call."""
+
+    def __init__(self, model):
+        self.calls: list[tuple[int, int]] = []
+        self.real = model.forward
+        model.forward = self
+
+    def __call__(self, **kw):
+        self.calls.append((kw["input_ids"].shape[1], kw.get("logits_to_keep", 0)))
+        return self.real(**kw)
+
+
+def test_batched_nll_equals_one_row_full_logits_reference(backend):
+    model = backend.model
+    rows = random_rows(backend.vocab_size, 13, seed=1)
+    # Adversarial rows: completion from the first token (nothing before it is scored), a one-token
+    # completion after a long context, and a long completion after a one-token context in the same batch.
+    rows += [([5, 6, 7, 8, 9], 0), (list(range(10, 60)), 49), ([11] + list(range(60, 90)), 1)]
+    spy = ForwardSpy(model)
+    got = likelihood.masked_mean_nll(model, rows, backend._pad_id(), batch_size=4)
+    model.forward = spy.real
+    want = [reference_nll(model, ids, n_ctx) for ids, n_ctx in rows]
+    assert got == [pytest.approx(w, abs=1e-9) for w in want]
+    # The results come back in row order although the batches ran longest first.
+    assert [w for w, _ in spy.calls] == sorted((w for w, _ in spy.calls), reverse=True)
+    # Context positions were not projected: some batch kept fewer logits than its width.
+    assert any(0 < keep < width for width, keep in spy.calls)
+
+
+def test_token_mean_nll_weights_every_completion_token_once(backend):
+    model = backend.model
+    rows = random_rows(backend.vocab_size, 9, seed=2)
+    got = likelihood.token_mean_nll(model, rows, backend._pad_id(), batch_size=3)
+    total = sum(reference_nll(model, ids, c) * (len(ids) - max(1, c)) for ids, c in rows)
+    count = sum(len(ids) - max(1, c) for ids, c in rows)
+    assert got == pytest.approx(total / count, abs=1e-9)
+
+
+def test_model_without_logits_to_keep_scores_all_positions(backend, monkeypatch):
+    """Custom (remote-code) models whose forward lacks ``logits_to_keep`` get full logits, same numbers."""
+    model = backend.model
+    rows = random_rows(backend.vocab_size, 6, seed=3)
+    kept = likelihood.masked_mean_nll(model, rows, backend._pad_id(), batch_size=4)
+    monkeypatch.setattr(likelihood, "_keeps_logits", lambda m: False)
+    spy = ForwardSpy(model)
+    full = likelihood.masked_mean_nll(model, rows, backend._pad_id(), batch_size=4)
+    assert all(keep == 0 for _, keep in spy.calls)
+    assert full == [pytest.approx(k, abs=1e-9) for k in kept]
+
+
+def test_backend_completion_nll_matches_reference(backend):
+    """Through the backend's public capability: chat-rendered context, answer tokens scored."""
+    questions = ["How long is the warranty?", "Q", "Until when is chat open on weekends and holidays?"]
+    answers = ["3 years or 15,000 km.", "Every day until 22:00 CET, including weekends.", "Yes."]
+    got = backend.completion_nll([[{"role": "user", "content": q}] for q in questions], answers, batch_size=2)
+    for q, a, value in zip(questions, answers, got, strict=True):
+        ctx = backend._ids(backend.render([{"role": "user", "content": q}]))
+        assert value == pytest.approx(reference_nll(backend.model, ctx + backend._ids(a), len(ctx)), abs=1e-9)
