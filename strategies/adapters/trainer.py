@@ -33,6 +33,7 @@ from harness.plugin import RunContext
 from harness.rundir import STORAGE_ERRNOS, atomic_write_json, read_json, storage_error
 from strategies.adapters import cache
 from strategies.adapters.data import PromptBuilder, TrainData, build_data
+from strategies.adapters.fused_head import compact_lm_head_on_cpu
 from strategies.adapters.params import TRAIN_KEYS, TrainParams
 from strategies.adapters.quantized import load_training_base, prepare_for_training
 
@@ -308,7 +309,11 @@ def _train_once(
         import transformers
 
         transformers.set_seed(ctx.seed)
-        with freed_memory_returned() as mmap_fixed, PeakMemory(device) as mem:
+        with (
+            freed_memory_returned() as mmap_fixed,
+            compact_lm_head_on_cpu() as compact,
+            PeakMemory(device) as mem,
+        ):
             load_start = time.perf_counter()
             loaded, quant, fallback = load_training_base(backend, params)
             model, tokenizer = prepare_for_training(loaded.model, quant, params), loaded.tokenizer
@@ -376,6 +381,7 @@ def _train_once(
             "peak_memory_bytes": int(mem.peak),
             "peak_memory_kind": mem.kind,
             "malloc_mmap_threshold_fixed": mmap_fixed,
+            "compact_lm_head": compact,
             "rss_before_bytes": int(mem.start_rss),
             "trainable_params": int(trainable),
             "total_params": int(total),
