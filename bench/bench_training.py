@@ -9,7 +9,9 @@ fresh subprocess so peak memory is that arm's own):
   baseline        transformers.Trainer + peft LoRA on the full-precision base, padding collator
   sft_lora        adaptbench trainer (trl SFTTrainer), LoRA on the full-precision base (bf16 on CUDA)
   sft_qlora       adaptbench trainer, 4-bit NF4 + double quant base (QLoRA) -- the ``qlora`` strategy default
-  sft_qlora_pack  the same with sequence packing (bfd) on
+  sft_qlora_allpos  sft_qlora with trl's own CPU layout of its fused LM head (every position projected,
+                  prompt and padding too); the harness projects labelled positions only (fused_head.py)
+  sft_qlora_pack  the same as sft_qlora with sequence packing (bfd) on
 
 Reported: trained (non-padding) tokens/s over the optimizer steps alone, wall seconds of ``train()``, peak memory
 while loading and during ``train()`` (process RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and ratios
@@ -27,12 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ARMS = ("baseline", "sft_lora", "sft_qlora", "sft_qlora_pack")
+ARMS = ("baseline", "sft_lora", "sft_qlora", "sft_qlora_allpos", "sft_qlora_pack")
 SYSTEM = (
     "You are the customer-support assistant of Nimbus Cycles, an e-bike company. "
     "Answer the customer's question in one short, factual sentence."
@@ -83,6 +86,7 @@ def worker(arm: str, args) -> dict:
 
     from harness.backends.loading import cache_root, load_model, resolve_device
     from harness.memory import PeakMemory
+    from strategies.adapters.fused_head import compact_lm_head_on_cpu
     from strategies.adapters.params import TrainParams
     from strategies.adapters.quantized import prepare_for_training
     from strategies.adapters.trainer import build_trainer, step_timer
@@ -90,6 +94,7 @@ def worker(arm: str, args) -> dict:
     device = resolve_device(args.device)
     set_seed(0)
     quant = "4bit" if arm.startswith("sft_qlora") else "none"
+    compact = compact_lm_head_on_cpu() if arm != "sft_qlora_allpos" else nullcontext(False)
     with PeakMemory(device) as load_mem:
         loaded = load_model(model_config(args), cache_root(), quantization=quant)
         data = training_rows(loaded, args.batch_size * args.steps, args.max_len)
@@ -102,6 +107,7 @@ def worker(arm: str, args) -> dict:
             packing=arm.endswith("_pack"),
             max_seq_length=args.max_len,
             warmup_ratio=0.0,
+            dropout=args.dropout,
         )
     if getattr(args, "liger", False) and device == "cuda":
         from bench.shapes import accelerators
@@ -119,7 +125,7 @@ def worker(arm: str, args) -> dict:
                 model, loaded.tokenizer, params, data, device, Path(out), 0, arm, evaluate=False
             )
         timer = step_timer(trainer)
-        with PeakMemory(device) as train_mem:
+        with PeakMemory(device) as train_mem, compact as compact_head:
             start = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - start
@@ -137,6 +143,7 @@ def worker(arm: str, args) -> dict:
         "peak_memory_bytes": int(train_mem.peak),
         "memory_kind": train_mem.kind,
         "torch_threads": torch.get_num_threads(),
+        "compact_lm_head": compact_head and arm != "baseline",
     }
 
 
@@ -202,6 +209,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (the TrainParams default)")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results to this file")
@@ -211,27 +219,27 @@ def main() -> None:
         return
     argv = [
         "--model", args.model, "--device", args.device, "--steps", str(args.steps),
-        "--batch-size", str(args.batch_size), "--max-len", str(args.max_len),
+        "--batch-size", str(args.batch_size), "--max-len", str(args.max_len), "--dropout", str(args.dropout),
     ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])  # fmt: skip
     argv += (["--shape", args.shape] if args.shape else []) + (["--liger"] if args.liger else [])
     results = [run_arm(arm, argv) for arm in args.arms.split(",")]
     base = next((r for r in results if r["arm"] == "baseline" and "error" not in r), None)
     print(
         f"model={args.model} device={args.device} steps={args.steps} batch={args.batch_size} "
-        f"gradient_checkpointing={args.gradient_checkpointing}"
+        f"gradient_checkpointing={args.gradient_checkpointing} dropout={args.dropout}"
     )
     print(
-        f"{'arm':<16}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x base':>8}"
+        f"{'arm':<18}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x base':>8}"
         f"{'load MiB':>10}{'train MiB':>11}{'x base':>8}"
     )
     for r in results:
         if "error" in r:
-            print(f"{r['arm']:<16} failed: {r['error']}")
+            print(f"{r['arm']:<18} failed: {r['error']}")
             continue
         speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
         memory = f"{r['peak_memory_bytes'] / base['peak_memory_bytes']:.2f}" if base else "-"
         print(
-            f"{r['arm']:<16}{r['tokens']:>8}{r['seconds']:>9.1f}{r['tokens_per_s']:>9.1f}{speed:>8}"
+            f"{r['arm']:<18}{r['tokens']:>8}{r['seconds']:>9.1f}{r['tokens_per_s']:>9.1f}{speed:>8}"
             f"{r['load_peak_bytes'] / 2**20:>10.0f}{r['peak_memory_bytes'] / 2**20:>11.0f}{memory:>8}"
         )
     print(
