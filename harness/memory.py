@@ -143,30 +143,48 @@ def return_freed_memory_to_os() -> bool:
     return _mallopt_threshold(MMAP_THRESHOLD_BYTES)
 
 
-def _mallopt_threshold(value: int) -> bool:
-    """Set glibc's mmap threshold; False off Linux or on a libc without ``mallopt`` (musl)."""
+def _glibc(call: str, *args: int) -> bool:
+    """Call a glibc malloc tuning function; False off Linux or on a libc without it (musl)."""
     import ctypes
 
     if not sys.platform.startswith("linux"):
         return False
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, value))
+        return bool(getattr(ctypes.CDLL("libc.so.6"), call)(*args))
     except (OSError, AttributeError):
         return False
+
+
+def _mallopt_threshold(value: int) -> bool:
+    """Set glibc's mmap threshold."""
+    return _glibc("mallopt", _M_MMAP_THRESHOLD, value)
+
+
+def release_free_heap() -> bool:
+    """Hand the free pages inside glibc's heap back to the OS (``malloc_trim(0)``); True if any were.
+
+    Batched generation leaves a few hundred MiB of freed KV-cache and activation blocks in the heap (measured:
+    185 MiB after a few-shot and a RAG pass over 48 demo questions). They stay resident, and a trainer started
+    next adds its own peak on top of them.
+    """
+    return _glibc("malloc_trim", 0)
 
 
 @contextlib.contextmanager
 def freed_memory_returned() -> Iterator[bool]:
     """Within the block (adapter training), allocations of 4 MiB or more are mmapped and returned on free;
-    afterwards the threshold goes to glibc's 32 MiB ceiling, so generation reuses heap blocks again.
+    afterwards the threshold goes to glibc's 32 MiB ceiling, so generation reuses heap blocks again. The
+    heap's free pages are handed back before and after (``release_free_heap``).
 
     Only around training: the same fixed threshold made batched RAG generation 2x slower (its growing
     KV-cache tensors exceed 4 MiB and were mapped and zeroed afresh every decoding step), while training
     keeps its speed and sheds a quarter of its peak RSS. Yields whether the threshold was set.
     """
+    release_free_heap()  # what generation left free in the heap, before training adds its peak
     applied = return_freed_memory_to_os()
     try:
         yield applied
     finally:
         if applied:
             _mallopt_threshold(HEAP_REUSE_THRESHOLD_BYTES)
+        release_free_heap()  # what training left free, before generation resumes

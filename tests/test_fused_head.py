@@ -64,7 +64,8 @@ def test_compact_layout_gives_the_same_loss_and_gradients(tiny_model_dir, tmp_pa
     loaded = load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path)
     backend = TransformersBackend(loaded)
     rows = [
-        encode_example(loaded.tokenizer, backend.render, [{"role": "user", "content": q}], a, 256) for q, a in QA
+        encode_example(loaded.tokenizer, backend.render, [{"role": "user", "content": q}], a, 256)
+        for q, a in QA
     ]
     params = TrainParams(max_steps=1, batch_size=4, dropout=0.0, warmup_ratio=0.0, quantization="none")
     data = TrainData(rows, [], 0, "none", "test")
