@@ -292,3 +292,22 @@ def test_weighted_mode_report_states_mode_weights_and_scales(tmp_path):
     assert "Mode: <code>weighted</code>" in html and "p95 request latency 2,000 ms → 200 ms" in html
     assert "on the weighted score" in html and "weighted score" in html
     assert "| strategy | score |" in (run / "summary.md").read_text()
+
+
+def test_summary_setup_column_is_the_setup_the_text_quotes(run_dir):
+    """One "setup" everywhere: the table column and every "N min setup" in the headline and reasons are the
+    strategy's prepare wall time (decision.json's setup_time_min), not training + index build alone."""
+    summary = (run_dir / "summary.md").read_text()
+    decision = json.loads((run_dir / "decision.json").read_text())
+    table = {}
+    for line in summary.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[-1].endswith(" min"):
+            table[cells[0].strip("*").replace("\\_", "_")] = float(cells[-1].removesuffix(" min"))
+    assert set(table) == {"prompt", "rag", "qlora"}
+    points = {s: v["setup_time_min"]["estimate"] for s, v in decision["aggregates"].items()}
+    assert table == {s: round(points[s], 1) for s in table}
+    # qlora's prepare (1210 s) is longer than its training alone (1200 s): 20.2, not 20.0 min.
+    assert table["qlora"] == 20.2
+    quoted = [float(x) for x in re.findall(r"([\d.]+) min setup", summary)]
+    assert quoted and all(q in table.values() for q in quoted)

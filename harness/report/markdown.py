@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -61,8 +62,9 @@ def summary_markdown(an: Analysis, d: Decision) -> str:
             cells.append(format_value(m, an.point[s].get(m)) + (f" ({ci})" if ci else ""))
         cells.append(format_value("latency_p95_ms", an.point[s].get("latency_p95_ms")))
         cells.append(format_value("total_cost_per_1k_usd", an.point[s].get("total_cost_per_1k_usd")))
-        setup = an.point[s].get("train_time_min", 0) + an.point[s].get("index_build_time_min", 0)
-        cells.append(f"{setup:.1f} min")
+        # The same "setup" the headline and the reasons quote: the strategy's whole prepare step.
+        setup = an.point[s].get("setup_time_min", float("nan"))
+        cells.append(f"{setup:.1f} min" if math.isfinite(setup) else "n/a")
         lines.append("| " + " | ".join(_md(c) if i else c for i, c in enumerate(cells)) + " |")
     truncated = {
         sid: n
