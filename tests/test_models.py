@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,28 @@ def test_bitsandbytes_quantised_loading(tiny_model_dir, tmp_path, quant, layer_c
     loaded = load_model(ModelConfig(id=str(tiny_model_dir), quantization=quant), tmp_path)
     assert type(loaded.model.model.layers[0].self_attn.q_proj).__name__ == layer_cls
     assert loaded.info.quantization == quant
+    out = TransformersBackend(loaded).generate(PROMPTS, GenerationConfig(max_new_tokens=3))
+    assert all(g.new_tokens > 0 for g in out.generations)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_quantised_cpu_copy_does_not_keep_the_weights_file_mapped(tiny_model_dir, tmp_path, quant):
+    """The weights bitsandbytes leaves unquantized own their memory: the safetensors file is unmapped, so the
+    pages the quantizer read leave the resident set, and tied weights stay tied."""
+    import gc
+
+    import psutil
+
+    loaded = load_model(ModelConfig(id=str(tiny_model_dir), quantization=quant), tmp_path)
+    gc.collect()
+    files = {str(p.resolve()) for p in Path(tiny_model_dir).glob("*.safetensors")}
+    assert files
+    mapped = [m.path for m in psutil.Process().memory_maps() if m.path in files]
+    assert mapped == []
+    model = loaded.model
+    if getattr(model.config, "tie_word_embeddings", False):
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     out = TransformersBackend(loaded).generate(PROMPTS, GenerationConfig(max_new_tokens=3))
     assert all(g.new_tokens > 0 for g in out.generations)
 

@@ -169,6 +169,28 @@ def quantization_config(kind: str, compute_dtype: torch.dtype):
     return None
 
 
+def own_unquantized_weights(model: Any) -> int:
+    """Give the weights bitsandbytes left unquantized (embeddings, norms) their own memory; returns how many.
+
+    Why: loaded with a ``device_map`` on CPU, those weights are zero-copy views of the safetensors file, and
+    they keep the whole file mapped, so every page the quantizer read stays in the resident set. Measured on
+    the default model's dequantised file: 418 MiB of it stayed resident beside the 4-bit copy, and the
+    process went from 1,343 to 685 MiB with owned copies. Quantized parameters (bitsandbytes' own
+    ``Parameter`` subclasses) are already fresh allocations and keep their quantization state untouched.
+    """
+    seen: set[int] = set()
+    with torch.no_grad():
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                if type(param) is torch.nn.Parameter and id(param) not in seen:  # tied weights: once
+                    seen.add(id(param))
+                    param.data = param.data.clone()
+            for name, buf in list(module.named_buffers(recurse=False)):
+                if buf is not None:
+                    module._buffers[name] = buf.clone()
+    return len(seen)
+
+
 def context_window(model: Any, tokenizer: Any, override: int | None = None) -> int:
     if override:
         return override
@@ -224,6 +246,8 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
         ) from None
     if qconf is None:
         model.to(device)
+    elif device == "cpu":
+        own_unquantized_weights(model)
     model.eval()
     commit = getattr(model.config, "_commit_hash", None)
     info = ModelInfo(
