@@ -14,6 +14,13 @@ import pytest
 from tests.conftest import FIXTURES
 from tests.parity_run import parity_numbers, run_parity
 
+# Model-based scores are float32 sums: CPU kernels, thread counts and library versions move them by a few
+# ulps without any code change. Measured on a fresh machine: semantic_similarity 1.1e-7 to 2.1e-7 apart
+# at the commit that wrote the golden file's code; fluency (1 - ln PPL / ln V, near 0, so ill-conditioned
+# in relative terms) 7.6e-8 apart after the perplexity pass changed its batch order. 1e-6 is about 8 float32
+# ulps at 1.0; a changed definition moves a score by orders of magnitude more.
+FP32_ABS = 1e-6
+
 
 @pytest.mark.slow
 def test_scores_match_the_golden_run(tmp_path):
@@ -29,4 +36,10 @@ def test_scores_match_the_golden_run(tmp_path):
                 if want is None:
                     assert got is None, (sid, eid, name, got)
                 else:
-                    assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9), (sid, eid, name, got, want)
+                    assert math.isclose(got, want, rel_tol=1e-6, abs_tol=FP32_ABS), (
+                        sid,
+                        eid,
+                        name,
+                        got,
+                        want,
+                    )
