@@ -77,9 +77,8 @@ def _each_batch(
                 batch = pad_rows(chunk, pad_id)
                 width = batch["input_ids"].shape[1]
                 # The first scored prediction is made at the last context token of the earliest completion.
-                first = max(0, min(n_ctx for _, n_ctx in chunk) - 1)
-                kwargs = {"logits_to_keep": width - first} if keep_ok and first > 0 else {}
-                first = first if kwargs else 0
+                first = max(0, min(n_ctx for _, n_ctx in chunk) - 1) if keep_ok else 0
+                kwargs = {"logits_to_keep": width - first} if first else {}
                 logits = model(
                     input_ids=batch["input_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device),
