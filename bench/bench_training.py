@@ -2,6 +2,7 @@
 
     python bench/bench_training.py [--model smollm2-135m-instruct|tiny|PATH] [--shape 1b|7b] [--device cpu|cuda]
                                    [--steps 4] [--batch-size 4] [--gradient-checkpointing]
+                                   [--dtype auto|float32|bfloat16] [--arms sft_qlora@float32,sft_qlora@bfloat16]
 
 Arms (same base model, same tokenised data from the demo train split, same batch size and steps, each in a
 fresh subprocess so peak memory is that arm's own):
@@ -12,6 +13,10 @@ fresh subprocess so peak memory is that arm's own):
   sft_qlora_allpos  sft_qlora with trl's own CPU layout of its fused LM head (every position projected,
                   prompt and padding too); the harness projects labelled positions only (fused_head.py)
   sft_qlora_pack  the same as sft_qlora with sequence packing (bfd) on
+
+An arm name may end in ``@<dtype>`` to load that arm's base in that dtype (``model.dtype``; bf16 also turns
+on the trainer's bf16 autocast); others use ``--dtype`` (default ``auto``: bf16 on CUDA and on CPUs with
+native bf16, else fp32). The first ``baseline`` arm is the baseline of the ratios.
 
 Reported: trained (non-padding) tokens/s over the optimizer steps alone, wall seconds of ``train()``, peak memory
 while loading and during ``train()`` (process RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and ratios
@@ -42,21 +47,21 @@ SYSTEM = (
 )
 
 
-def model_config(args):
+def model_config(args, dtype: str = "auto"):
     from harness.config import ModelConfig
 
     if getattr(args, "shape", None):
         from bench.shapes import model_dir
 
-        return ModelConfig(id=str(model_dir(args.shape)), device=args.device)
+        return ModelConfig(id=str(model_dir(args.shape)), device=args.device, dtype=dtype)
     if args.model == "tiny":
         from tests.support.tiny_model import build_tiny_model
 
         folder = Path(tempfile.gettempdir()) / "adaptbench-bench-tiny"
         if not (folder / "config.json").is_file():
             build_tiny_model(folder)
-        return ModelConfig(id=str(folder), device=args.device)
-    return ModelConfig(id=args.model, device=args.device)
+        return ModelConfig(id=str(folder), device=args.device, dtype=dtype)
+    return ModelConfig(id=args.model, device=args.device, dtype=dtype)
 
 
 def training_rows(loaded, n: int, max_len: int):
@@ -93,10 +98,12 @@ def worker(arm: str, args) -> dict:
 
     device = resolve_device(args.device)
     set_seed(0)
+    label = arm
+    arm, _, dtype = arm.partition("@")
     quant = "4bit" if arm.startswith("sft_qlora") else "none"
     compact = compact_lm_head_on_cpu() if arm != "sft_qlora_allpos" else nullcontext(False)
     with PeakMemory(device) as load_mem:
-        loaded = load_model(model_config(args), cache_root(), quantization=quant)
+        loaded = load_model(model_config(args, dtype or args.dtype), cache_root(), quantization=quant)
         data = training_rows(loaded, args.batch_size * args.steps, args.max_len)
         params = TrainParams(
             quantization=quant,
@@ -122,17 +129,21 @@ def worker(arm: str, args) -> dict:
         else:
             model = prepare_for_training(loaded.model, quant, params)
             trainer = build_trainer(
-                model, loaded.tokenizer, params, data, device, Path(out), 0, arm, evaluate=False
-            )
+                model, loaded.tokenizer, params, data, device, Path(out), 0, arm, evaluate=False,
+                dtype=loaded.info.dtype,
+            )  # fmt: skip
         timer = step_timer(trainer)
         with PeakMemory(device) as train_mem, compact as compact_head:
             start = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - start
     tokens = int(trainer.state.num_input_tokens_seen)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
-        "arm": arm,
+        "arm": label,
         "device": device,
+        "dtype": loaded.info.dtype,
+        "last_loss": round(losses[-1], 4) if losses else None,
         "quantization": quant,
         "steps": int(trainer.state.global_step),
         "tokens": tokens,
@@ -178,7 +189,7 @@ def baseline_trainer(loaded, params, data, device: str, out: Path):
         use_cpu=device == "cpu",
         remove_unused_columns=False,
         seed=0,
-        **precision_flags(device),
+        **precision_flags(device, loaded.info.dtype),
     )
     timer = progress_callback(logging.getLogger("bench"), "baseline")
     trainer = Trainer(
@@ -210,7 +221,8 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (the TrainParams default)")
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="model.dtype")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma list; an arm may end in @<dtype>")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results to this file")
     args, _ = ap.parse_known_args()
@@ -220,27 +232,29 @@ def main() -> None:
     argv = [
         "--model", args.model, "--device", args.device, "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--max-len", str(args.max_len), "--dropout", str(args.dropout),
+        "--dtype", args.dtype,
     ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])  # fmt: skip
     argv += (["--shape", args.shape] if args.shape else []) + (["--liger"] if args.liger else [])
     results = [run_arm(arm, argv) for arm in args.arms.split(",")]
-    base = next((r for r in results if r["arm"] == "baseline" and "error" not in r), None)
+    base = next((r for r in results if r["arm"].startswith("baseline") and "error" not in r), None)
     print(
         f"model={args.model} device={args.device} steps={args.steps} batch={args.batch_size} "
         f"gradient_checkpointing={args.gradient_checkpointing} dropout={args.dropout}"
     )
     print(
-        f"{'arm':<18}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x base':>8}"
-        f"{'load MiB':>10}{'train MiB':>11}{'x base':>8}"
+        f"{'arm':<26}{'dtype':>9}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x base':>8}"
+        f"{'load MiB':>10}{'train MiB':>11}{'x base':>8}{'last loss':>10}"
     )
     for r in results:
         if "error" in r:
-            print(f"{r['arm']:<18} failed: {r['error']}")
+            print(f"{r['arm']:<26} failed: {r['error']}")
             continue
         speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
         memory = f"{r['peak_memory_bytes'] / base['peak_memory_bytes']:.2f}" if base else "-"
         print(
-            f"{r['arm']:<18}{r['tokens']:>8}{r['seconds']:>9.1f}{r['tokens_per_s']:>9.1f}{speed:>8}"
+            f"{r['arm']:<26}{r['dtype']:>9}{r['tokens']:>8}{r['seconds']:>9.1f}{r['tokens_per_s']:>9.1f}{speed:>8}"
             f"{r['load_peak_bytes'] / 2**20:>10.0f}{r['peak_memory_bytes'] / 2**20:>11.0f}{memory:>8}"
+            f"{r['last_loss'] if r['last_loss'] is not None else '-':>10}"
         )
     print(
         f"memory = {results[0].get('memory_kind', '?')} of each arm's own process: peak while loading the model "

@@ -24,7 +24,7 @@ PROMPTS = [
 
 
 def test_full_precision_load_and_batched_generation_matches_single(tiny_model_dir, tmp_path):
-    loaded = load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path)
+    loaded = load_model(ModelConfig(id=str(tiny_model_dir), dtype="float32"), tmp_path)
     assert (
         loaded.info.device == "cpu" and loaded.info.dtype == "float32" and loaded.info.context_window == 512
     )
@@ -38,6 +38,24 @@ def test_full_precision_load_and_batched_generation_matches_single(tiny_model_di
     for prompt, gen in zip(PROMPTS, batch.generations, strict=True):
         assert backend.generate([prompt], params).generations[0].text == gen.text
     assert "<|im_start|>assistant" in backend.render(PROMPTS[0])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_on_cpu_is_bf16_only_where_the_cpu_multiplies_bf16(
+    tiny_model_dir, tmp_path, monkeypatch, native
+):
+    import torch
+
+    from harness.backends.loading import resolve_dtype
+    from harness.manifest import hardware
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    want = "bfloat16" if native else "float32"
+    assert resolve_dtype("auto", "cpu") == getattr(torch, want)
+    assert resolve_dtype("float32", "cpu") == torch.float32  # an explicit dtype always wins
+    assert hardware()["cpu_native_bf16"] is native  # the manifest says why auto chose what it chose
+    loaded = load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path)
+    assert loaded.info.dtype == want and next(loaded.model.parameters()).dtype == getattr(torch, want)
 
 
 @pytest.mark.parametrize(("quant", "layer_cls"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])

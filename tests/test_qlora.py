@@ -86,6 +86,31 @@ def test_qlora_trains_4bit_loss_decreases_and_cache_hits(write_config, tmp_path,
     assert cache.cache_key(ctx, strategy.params, rows) == rec["key"]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_training_precision_follows_the_base_dtype(write_config, tmp_path, monkeypatch, dtype):
+    """A bf16 base (``dtype: auto`` on a CPU with native bf16) trains under bf16 autocast, an fp32 base in
+    fp32; LoRA weights stay fp32 master weights either way, and the adapter still learns."""
+    from safetensors.torch import load_file
+
+    cfg = load_config(
+        write_config(strategies=[{"name": "qlora", "id": "qlora", **FAST}], model={"dtype": dtype})
+    )
+    ctx = open_context(cfg, load_eval_set(cfg.eval_set.path), tmp_path / "run")
+    built = []
+    real_build = trainer.build_trainer
+    monkeypatch.setattr(
+        trainer, "build_trainer", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+    )
+    result = registry.build(cfg.strategies[0], 0).train(ctx)
+    rec = result.record
+    assert rec["base_dtype"] == dtype == ctx.backend.describe()["dtype"]
+    assert rec["compute_dtype"] == dtype and built[0].args.bf16 is (dtype == "bfloat16")
+    assert not built[0].args.fp16
+    weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert weights and {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+    assert rec["val_loss_final"] < rec["val_loss_base"] - 0.05
+
+
 def test_fallback_to_full_precision_lora_is_loud_and_recorded(write_config, tmp_path, monkeypatch, caplog):
     def no_backend(ctx):
         raise RuntimeError("no bitsandbytes backend for device 'npu'")

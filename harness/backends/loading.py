@@ -21,6 +21,7 @@ import torch
 from harness.config import DEFAULT_MODEL, ModelConfig
 from harness.errors import ModelError
 from harness.locks import build_lock
+from harness.manifest import cpu_native_bf16
 from harness.rundir import cache_root  # noqa: F401 - re-exported (loading.cache_root)
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,11 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto``: bf16 on GPUs that have it (else fp16), bf16 on CPUs with native bf16, else fp32."""
     if dtype == "auto":
         if device == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if cpu_native_bf16() else torch.float32
     return getattr(torch, dtype)
 
 

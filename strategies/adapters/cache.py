@@ -2,7 +2,7 @@
 
 A trained adapter lives in ``<cache>/adapters/<key[:24]>/`` (peft ``adapter_config.json`` + safetensors
 weights + ``training_record.json``). The key hashes everything that changes the trained weights: the base
-model's fingerprint, training hyper-parameters, the tokenised data, seed, device and strategy extras.
+model's fingerprint, training hyper-parameters, the tokenised data, seed, device, load dtype and strategy extras.
 Folders are written under a temporary name and renamed into place only once complete.
 """
 
@@ -40,6 +40,7 @@ def cache_key(ctx: RunContext, params: TrainParams, data: TrainData, key_extra: 
         "data": data.digest,
         "seed": ctx.seed,
         "device": backend.device,
+        "dtype": backend.describe().get("dtype"),  # bf16 vs fp32 compute trains different weights
         "extra": key_extra,
     }
     if distributed.world_size() > 1:  # DDP: the global batch is batch_size x grad_accum x world_size

@@ -64,15 +64,18 @@ def lora_config(params: TrainParams):
     )
 
 
-def precision_flags(device: str) -> dict[str, bool]:
+def precision_flags(device: str, dtype: str) -> dict[str, bool]:
+    """The trainer's mixed precision: bf16 (fp16 without it) on CUDA; on CPU bf16 autocast exactly when the
+    base itself is bf16 (``model.dtype: auto`` on a CPU with native bf16), full fp32 otherwise. LoRA
+    weights and the optimizer state stay fp32 either way (``build_trainer``)."""
     if device == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         return {"bf16": bf16, "fp16": not bf16}
-    return {"bf16": False, "fp16": False}
+    return {"bf16": dtype == "bfloat16", "fp16": False}
 
 
-def compute_dtype_name(device: str) -> str:
-    flags = precision_flags(device)
+def compute_dtype_name(device: str, dtype: str) -> str:
+    flags = precision_flags(device, dtype)
     return "bfloat16" if flags["bf16"] else "float16" if flags["fp16"] else "float32"
 
 
@@ -132,8 +135,11 @@ def build_trainer(
     seed: int,
     label: str,
     evaluate: bool = True,
+    dtype: str = "float32",
 ):
-    """The trl ``SFTTrainer`` for ``params``; ``evaluate=False`` (benchmarks) skips validation passes."""
+    """The trl ``SFTTrainer`` for ``params``; ``evaluate=False`` (benchmarks) skips validation passes.
+
+    ``dtype``: the base's load dtype (``ModelInfo.dtype``), which sets the mixed precision."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback
 
@@ -187,7 +193,7 @@ def build_trainer(
         use_cpu=device == "cpu",
         ddp_find_unused_parameters=False,  # DDP (torchrun): every LoRA weight is used in each forward
         dataloader_num_workers=0,
-        **precision_flags(device),
+        **precision_flags(device, dtype),
     )
     callbacks: list[Any] = [progress_callback(log, label)]
     if early:
@@ -203,8 +209,8 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # raw metric dicts on stdout; our callback logs instead
     if device == "cpu":
-        # trl stores QLoRA adapter weights in bf16 (paper recipe for GPUs); on CPU the compute dtype is fp32,
-        # and bf16 weights there are both slower and too coarse for small AdamW updates.
+        # trl stores QLoRA adapter weights in bf16 (paper recipe for GPUs); on CPU they stay fp32 (master
+        # weights under bf16 autocast, or fp32 compute): bf16 weights are too coarse for small AdamW updates.
         for p in trainer.model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
@@ -323,8 +329,9 @@ def _train_once(
                 label, params.r, device, "4-bit NF4" if quant == "4bit" else "full-precision",
                 len(data.train), data.kb_chunks, len(data.validation),
             )  # fmt: skip
+            dtype = loaded.info.dtype
             trainer = build_trainer(
-                model, tokenizer, params, data, device, tmp / "checkpoints", ctx.seed, label
+                model, tokenizer, params, data, device, tmp / "checkpoints", ctx.seed, label, dtype=dtype
             )
             timer = step_timer(trainer)
             trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -357,7 +364,8 @@ def _train_once(
             "quantization_requested": params.quantization,
             "quantization": quant,
             "fallback_reason": fallback,
-            "compute_dtype": compute_dtype_name(device),
+            "base_dtype": dtype,
+            "compute_dtype": compute_dtype_name(device, dtype),
             "optimizer": optimizer_name(params, device),
             "params": params.model_dump(mode="json", include=set(TRAIN_KEYS)),
             "seed": ctx.seed,
