@@ -183,16 +183,7 @@ class AdapterStrategy:
         self.adapter = name
         served = result.record.get("inference_base") or {}
         if (served.get("dtype"), served.get("quantization")) != (info.get("dtype"), info.get("quantization")):
-            data = result.data or build_data(ctx, self.params, self.training_prompts)
-            result.record = {
-                **result.record,
-                "inference_base": inference_val_loss(host, name, data.validation),
-            }
-            if (
-                not self.params.adapter_path and distributed.is_main()
-            ):  # our cache entry: remember it (never write into a user's folder)
-                atomic_write_json(result.adapter_dir / cache.RECORD_FILE, result.record)
-        self.write_training_record(ctx, result, source=self.training_record["source"])
+            self._remember(result, inference_val_loss(host, name, self._validation(ctx, result)))
         notes = self.cost.setdefault("notes", [])
         rec = result.record
         if rec.get("quantization") == "4bit" and info.get("quantization") != "4bit":
@@ -209,7 +200,38 @@ class AdapterStrategy:
                 notes.append(msg)
             else:
                 host.merge_adapter(name)
-                notes.append("LoRA merged into the base while this strategy generates")
+                notes.append(
+                    "LoRA merged into the base while this strategy generates" + self._merged(ctx, result)
+                )
+        self.write_training_record(ctx, result, source=self.training_record["source"])
+
+    def _merged(self, ctx: RunContext, result: TrainResult) -> str:
+        """On a bf16/fp16 base a merge rounds W + BA to the base's precision: measure what that costs in
+        validation loss (once per adapter and base; the merged adapter is the one generating now)."""
+        served = result.record["inference_base"]
+        if served.get("dtype") in ("float32", "float64"):
+            return ""
+        if "val_loss_merged" not in served:
+            host: Any = ctx.backend
+            merged = round(host.adapter_nll(self.adapter, self._validation(ctx, result)), 5)
+            self._remember(result, {**served, "val_loss_merged": merged})
+            served = result.record["inference_base"]
+        return (
+            f" ({served['dtype']} rounding: validation loss {served['val_loss_merged']:.4f} merged vs "
+            f"{served['val_loss_adapter']:.4f} unmerged)"
+        )
+
+    def _validation(self, ctx: RunContext, result: TrainResult) -> list[Row]:
+        data = result.data or build_data(ctx, self.params, self.training_prompts)
+        result.data = data
+        return data.validation
+
+    def _remember(self, result: TrainResult, inference_base: dict[str, Any]) -> None:
+        """Add what was measured on the run's inference base to the adapter's record (and, for our own
+        cache entry, to its file: never write into a user's ``--adapter`` folder)."""
+        result.record = {**result.record, "inference_base": inference_base}
+        if not self.params.adapter_path and distributed.is_main():
+            atomic_write_json(result.adapter_dir / cache.RECORD_FILE, result.record)
 
     def write_training_record(self, ctx: RunContext, result: TrainResult, source: str) -> None:
         rec = {**result.record, "adapter_dir": str(result.adapter_dir), "source": source}
