@@ -63,6 +63,9 @@ def test_top_candidates_match_an_fp32_head_on_a_real_bf16_model(tiny_model_dir, 
     assert torch.equal(out.logits.argmax(-1), want.argmax(-1))
     # generation reads the same head: greedy text is still produced and the hook is on the shared model
     assert backend.generate([[{"role": "user", "content": "hi"}]], GenerationConfig(max_new_tokens=3))
+    model.to(torch.float64)  # cast after loading (as the float64 tests do): a 64-bit head is left alone
+    with torch.no_grad():
+        assert model(input_ids=x).logits.dtype == torch.float64
 
 
 @pytest.mark.parametrize("env", ["", "0"])

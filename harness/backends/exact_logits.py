@@ -20,11 +20,17 @@ from typing import Any
 
 import torch
 
+HALF = (torch.bfloat16, torch.float16)
 TOP_K = 16  # bf16 rounding moves a logit by <= half a step; 16 candidates cover the ties that matter
 
 
-def exact_top_logits(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-    """Forward hook on the LM head: fp32 logits, the top ``TOP_K`` per position recomputed in fp32."""
+def exact_top_logits(
+    module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor
+) -> torch.Tensor | None:
+    """Forward hook on the LM head: fp32 logits, the top ``TOP_K`` per position recomputed in fp32.
+    A head that computes in 32 or 64 bits by now (the model was cast after loading) is left alone."""
+    if output.dtype not in HALF:
+        return None
     (hidden,) = args[:1]
     k = min(TOP_K, output.shape[-1])
     top = output.topk(k, dim=-1).indices
@@ -39,11 +45,7 @@ def install(model: Any) -> bool:
     """Hook the model's LM head when it computes in 16 bits; returns whether it did."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
-    if (
-        not isinstance(head, torch.nn.Linear)
-        or weight is None
-        or weight.dtype not in (torch.bfloat16, torch.float16)
-    ):
+    if not isinstance(head, torch.nn.Linear) or weight is None or weight.dtype not in HALF:
         return False
     head.register_forward_hook(exact_top_logits)
     return True
