@@ -2,7 +2,7 @@
 
     python bench/bench_generation.py [--model smollm2-135m-instruct | --shape tiny|1b|7b] [--device cpu|cuda]
                                      [--n 92] [--batch-size 16] [--max-new-tokens 96] [--static-cache]
-                                     [--strategy prompt|few_shot|rag] [--dtype auto|float32|bfloat16]
+                                     [--strategy prompt|few_shot|rag]
 
 Prompts: one of the demo's strategies over the demo test split (``--strategy``: ``prompt``, zero-shot, the
 default; ``few_shot``: 4 demonstrations; ``rag``: top-4 chunks -> 3 sentences, 3 demonstrations). Arms, one
@@ -16,16 +16,12 @@ process, one model:
   harness+stop (prefix cache off)
                 the same with the backend's shared-prefix KV cache off (ADAPTBENCH_PREFIX_CACHE=0): the
                 gain of reusing the system prompt + demonstrations' keys and values across batches
-  harness+stop (kv growth off)
-                the same with transformers' concatenating KV cache instead of the backend's chunked buffers
-                (ADAPTBENCH_KV_GROWTH=0; CPU only): the cost of a ``torch.cat`` per layer and step
 
 The prefix cache is emptied before each harness arm, so every arm pays for computing its own prefixes.
 Printed: tokens, seconds, tokens/s per arm; harness/bare tokens/s (target >= 0.8); the wall-time ratio of
-harness+stop to bare; the wall-time ratios of harness+stop with the prefix cache to without it (and the
-prefix cache's counters) and with the chunked KV buffers to without them; the share of answers identical
-to bare's (cut at the stop string afterwards), with and without the prefix cache, and with and without the
-chunked buffers. ``--dtype`` sets ``model.dtype`` (``auto``: bf16 on CPUs with native bf16).
+harness+stop to bare; the wall-time ratio of harness+stop with the prefix cache to without it, and the
+prefix cache's counters; the share of answers identical to bare's (cut at the stop string afterwards) and
+of answers identical with and without the prefix cache.
 ``--shape 1b|7b`` uses a random-init Llama of that size (bench/shapes.py) for GPU sizing; ``--static-cache``
 turns on the static KV cache (+ torch.compile on CUDA) in the backend; FlashAttention-2 is used when the
 ``flash_attn`` package is installed and the device is CUDA.
@@ -113,7 +109,6 @@ def main() -> None:
     ap.add_argument("--static-cache", action="store_true", help="static KV cache (+ compile on CUDA)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--strategy", default="prompt", choices=sorted(STRATEGIES), help="whose prompts")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="model.dtype")
     args = ap.parse_args()
 
     import torch
@@ -135,7 +130,7 @@ def main() -> None:
         from bench.shapes import model_dir
 
         model_id = str(model_dir(args.shape))
-    cfg = ModelConfig(id=model_id, device=args.device, dtype=args.dtype)
+    cfg = ModelConfig(id=model_id, device=args.device)
     loaded = load_model(cfg, cache_root())
     if loaded.info.device == "cuda":
         from bench.shapes import accelerators
@@ -150,12 +145,9 @@ def main() -> None:
     strategy = plugin.build(StrategySpec(id="bench", **STRATEGIES[args.strategy]), 0)
     prefix_cache = backend.prefix_cache  # None when turned off (ADAPTBENCH_PREFIX_CACHE=0, static cache)
 
-    grow_kv = backend.grow_kv  # False off CPU, with the static cache or ADAPTBENCH_KV_GROWTH=0
-
-    def harness_arm(name: str, prefix: bool, grow: bool = True) -> dict[str, str]:
+    def harness_arm(name: str, prefix: bool) -> dict[str, str]:
         """One harness pass with the prefix cache on (emptied first: the arm computes its prefixes) or off."""
         backend.prefix_cache = prefix_cache if prefix else None
-        backend.grow_kv = grow_kv and grow
         before = dataclasses.replace(prefix_cache.stats) if prefix_cache is not None else None
         if prefix_cache is not None:
             prefix_cache.clear()
@@ -166,7 +158,7 @@ def main() -> None:
             results[name]["prefix"] = {
                 k: getattr(after, k) - getattr(before, k) for k in ("computed", "hits", "tokens_saved")
             }
-        backend.prefix_cache, backend.grow_kv = prefix_cache, grow_kv
+        backend.prefix_cache = prefix_cache
         return texts
 
     def context(stop: list[str]) -> RunContext:
@@ -185,8 +177,6 @@ def main() -> None:
     strategy.ctx = context([args.stop])
     stop_texts = harness_arm("harness+stop", prefix=True)
     off_texts = harness_arm("harness+stop (prefix cache off)", prefix=False)
-    if grow_kv:
-        cat_texts = harness_arm("harness+stop (kv growth off)", prefix=True, grow=False)
     for r in results.values():
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
 
@@ -202,19 +192,12 @@ def main() -> None:
         "identical_answers_vs_bare_cut": same,
         "identical_answers_prefix_on_off": same_prefix,
     }
-    if grow_kv:
-        summary["kv_growth_on_vs_off_wall"] = (
-            results["harness+stop"]["seconds"] / results["harness+stop (kv growth off)"]["seconds"]
-        )
-        summary["identical_answers_kv_growth_on_off"] = sum(
-            stop_texts[k] == cat_texts[k] for k in stop_texts
-        ) / len(stop_texts)
     prompt_tokens = [backend.count_tokens(x) for x in texts]
     print(
         f"model={model_id} device={loaded.info.device} dtype={loaded.info.dtype} n={args.n} "
         f"strategy={args.strategy} prompt_tokens_mean={sum(prompt_tokens) / len(prompt_tokens):.0f} "
         f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} static_cache={args.static_cache} "
-        f"prefix_cache={prefix_cache is not None} kv_growth={grow_kv} threads={torch.get_num_threads()}"
+        f"prefix_cache={prefix_cache is not None} threads={torch.get_num_threads()}"
     )
     print(f"{'arm':<34}{'tokens':>8}{'seconds':>10}{'tok/s':>10}  prefix cache")
     for name, r in results.items():

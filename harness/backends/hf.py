@@ -22,7 +22,6 @@ from transformers.generation.streamers import BaseStreamer
 
 from harness.backends import exact_logits, register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
-from harness.backends.kv_growth import fresh_cache, growing
 from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
 from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
 from harness.backends.prefix_cache import (
@@ -95,13 +94,6 @@ class TransformersBackend:
         # Shared-prompt-prefix KV reuse (harness/backends/prefix_cache.py); ADAPTBENCH_PREFIX_CACHE=0 turns it
         # off. Not combined with the static cache, which owns its own preallocated cache.
         self.prefix_cache = PrefixCache() if enabled_by_env() and not self.static_cache else None
-        # CPU: KV buffers that grow in chunks instead of a torch.cat per step (harness/backends/kv_growth.py);
-        # ADAPTBENCH_KV_GROWTH=0 keeps transformers' own cache.
-        self.grow_kv = (
-            self.device == "cpu"
-            and not self.static_cache
-            and os.environ.get("ADAPTBENCH_KV_GROWTH", "") != "0"
-        )
         self._cache_kwarg = cache_kwarg()
         # bf16/fp16 models: fp32 logits for the top candidates (harness/backends/exact_logits.py);
         # ADAPTBENCH_EXACT_LOGITS=0 leaves the head as the model computes it.
@@ -239,7 +231,7 @@ class TransformersBackend:
             cache.stats.hits += 1
             cache.stats.tokens_saved += len(prefix) * len(ids)
         inputs = layout(len(prefix), ids, self._pad_id(), self.model.device)
-        inputs[self._cache_kwarg] = growing(expand(kv, len(ids))) if self.grow_kv else expand(kv, len(ids))
+        inputs[self._cache_kwarg] = expand(kv, len(ids))
         return inputs
 
     def generate(
@@ -268,9 +260,6 @@ class TransformersBackend:
             if inputs is None:
                 batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
                 inputs = {k: v.to(self.model.device) for k, v in batch.items()}
-                cache = fresh_cache(self.model) if self.grow_kv else None
-                if cache is not None:
-                    inputs[self._cache_kwarg] = cache
             width = inputs["input_ids"].shape[1]
             if params.stop:
                 # Per-row stopping inside generate: a row that produced a stop string is finished (pads
