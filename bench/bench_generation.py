@@ -2,7 +2,7 @@
 
     python bench/bench_generation.py [--model smollm2-135m-instruct | --shape tiny|1b|7b] [--device cpu|cuda]
                                      [--n 92] [--batch-size 16] [--max-new-tokens 96] [--static-cache]
-                                     [--strategy prompt|few_shot|rag]
+                                     [--strategy prompt|few_shot|rag] [--dtype auto|float32|bfloat16]
 
 Prompts: one of the demo's strategies over the demo test split (``--strategy``: ``prompt``, zero-shot, the
 default; ``few_shot``: 4 demonstrations; ``rag``: top-4 chunks -> 3 sentences, 3 demonstrations). Arms, one
@@ -21,7 +21,8 @@ The prefix cache is emptied before each harness arm, so every arm pays for compu
 Printed: tokens, seconds, tokens/s per arm; harness/bare tokens/s (target >= 0.8); the wall-time ratio of
 harness+stop to bare; the wall-time ratio of harness+stop with the prefix cache to without it, and the
 prefix cache's counters; the share of answers identical to bare's (cut at the stop string afterwards) and
-of answers identical with and without the prefix cache.
+of answers identical with and without the prefix cache. ``--dtype`` sets ``model.dtype`` (``auto``: bf16 on CPUs
+with native bf16, else fp32).
 ``--shape 1b|7b`` uses a random-init Llama of that size (bench/shapes.py) for GPU sizing; ``--static-cache``
 turns on the static KV cache (+ torch.compile on CUDA) in the backend; FlashAttention-2 is used when the
 ``flash_attn`` package is installed and the device is CUDA.
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--static-cache", action="store_true", help="static KV cache (+ compile on CUDA)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--strategy", default="prompt", choices=sorted(STRATEGIES), help="whose prompts")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="model.dtype")
     args = ap.parse_args()
 
     import torch
@@ -130,7 +132,7 @@ def main() -> None:
         from bench.shapes import model_dir
 
         model_id = str(model_dir(args.shape))
-    cfg = ModelConfig(id=model_id, device=args.device)
+    cfg = ModelConfig(id=model_id, device=args.device, dtype=args.dtype)
     loaded = load_model(cfg, cache_root())
     if loaded.info.device == "cuda":
         from bench.shapes import accelerators
