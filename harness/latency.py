@@ -119,6 +119,9 @@ def run_probe(
     for r, (example, is_warmup) in enumerate(rounds):
         k = r % len(strategies)  # rotate who goes first so no strategy always follows the same one
         for strategy in [*strategies[k:], *strategies[:k]]:
+            activate = getattr(strategy, "activate", None)
+            if activate is not None:
+                activate()  # untimed: e.g. merge this strategy's adapter, as it is served
             timing = time_request(strategy, example, r - warmup)
             if not is_warmup:
                 out.append(timing)

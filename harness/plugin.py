@@ -105,6 +105,11 @@ class Strategy:
     def predict(self, batch: list[dict[str, Any]]) -> list[Answer]:
         raise NotImplementedError
 
+    def activate(self) -> None:
+        """Put the shared backend state this strategy answers with in place (e.g. merge its adapter), outside
+        any timed window: the runner calls it before each batch, the latency probe before each request, so
+        interleaved strategies are each measured as they are served. Optional: the default does nothing."""
+
     def length_key(self, example: dict[str, Any]) -> int:
         """How long this example's prompt is, roughly: the runner groups similar lengths into a batch
         so short prompts are not padded to a long one. Default: the question's length in characters."""

@@ -309,6 +309,7 @@ def run(
             for batch in distributed.shard_batches(
                 batch_order(strategy, todo), config.generation.batch_size, rank, world
             ):
+                strategy.activate()
                 records = [
                     prediction_record(strategy, ex, ans, seconds, len(part))
                     for part, (answers, seconds) in backoff.run(

@@ -228,3 +228,39 @@ def test_validation_split_limit_and_hold_out(write_config, tmp_path):
     assert split_rows(es, 0, TrainParams(validation_split="dev"))[1] == val
     with pytest.raises(DataError, match="adapter training needs a 'tune' split"):
         split_rows(es, 0, TrainParams(train_split="tune"))
+
+
+def test_probe_times_merged_adapters_merged_when_strategies_interleave(tiny_model_dir, tmp_path):
+    """The probe round-robins strategies; each adapter strategy with ``merge: true`` is served merged at
+    every request (as in the batched pass), not unmerged after the other one's request."""
+    from peft import LoraConfig, get_peft_model
+
+    from harness.data import load_eval_set
+    from harness.latency import run_probe
+    from harness.runner import open_context
+
+    cfg = load_config_for(tiny_model_dir, tmp_path)
+    for i in (1, 2):
+        donor = get_peft_model(
+            load_model(cfg.model, tmp_path / f"c{i}").model,
+            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+        )
+        donor.save_pretrained(tmp_path / f"adapter{i}")
+    ctx = open_context(cfg, load_eval_set(TOY_SET), tmp_path / "run")
+    strategies = []
+    for i in (1, 2):
+        spec = {"name": "qlora", "id": f"q{i}", "adapter_path": str(tmp_path / f"adapter{i}"), "merge": True}
+        strategy = registry.build(
+            load_config_for(tiny_model_dir, tmp_path).strategies[0].model_copy(update=spec), 0
+        )
+        strategy.prepare(ctx)
+        strategies.append(strategy)
+    backend, served = ctx.backend, []
+    real = backend.generate
+    backend.generate = lambda prompts, params, adapter=None: (
+        served.append((adapter, backend.merged_adapter)) or real(prompts, params, adapter)
+    )
+    examples = list(load_eval_set(TOY_SET).split("test"))
+    run_probe(strategies, examples, requests=3, warmup=1, seed=0, progress=False)
+    assert len(served) == 8 and {a for a, _ in served} == {s.adapter for s in strategies}
+    assert all(adapter == merged for adapter, merged in served)

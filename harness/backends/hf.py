@@ -143,11 +143,14 @@ class TransformersBackend:
     def merge_adapter(self, name: str) -> None:
         """Fold adapter ``name`` into the base weights for faster generation with it (unquantized bases).
 
-        Any other request (another adapter, or none) unmerges first and gets the base back: in fp32 peft's
+        Merging the adapter already merged does nothing. Any other request (another adapter, or none)
+        unmerges first and gets the base back: in fp32 peft's
         subtraction restores it up to float rounding (~1e-7 relative); in bf16/fp16 it cannot (W + BA was
         rounded to 8 mantissa bits: measured, 875k of the default model's weights came back off by up to
         4e-3), so the base weights the merge touches are kept on the CPU and copied back exactly.
         """
+        if self.merged_adapter == name:
+            return
         self._unmerge()
         self.model.set_adapter(name)
         if self.loaded.info.dtype not in ("float32", "float64"):

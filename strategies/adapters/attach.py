@@ -84,6 +84,7 @@ class AdapterStrategy:
     cost: dict[str, Any]
     adapter: str | None
     training_record: dict[str, Any]
+    merged: bool = False  # the adapter is merged into the base while this strategy answers
 
     # -- hooks -------------------------------------------------------------------------------------
     def training_prompts(self, rows: list[dict[str, Any]], split: str) -> list[tuple[Prompt, str]]:
@@ -200,10 +201,18 @@ class AdapterStrategy:
                 notes.append(msg)
             else:
                 host.merge_adapter(name)
+                self.merged = True
                 notes.append(
                     "LoRA merged into the base while this strategy generates" + self._merged(ctx, result)
                 )
         self.write_training_record(ctx, result, source=self.training_record["source"])
+
+    def activate(self) -> None:
+        """Merged adapters are merged again before a request once another strategy unmerged them (the latency
+        probe interleaves strategies): requests are timed as the merged model serves them, as they were
+        answered in the batched pass."""
+        if self.merged and self.ctx is not None:
+            self.ctx.backend.merge_adapter(self.adapter)  # type: ignore[attr-defined]
 
     def _merged(self, ctx: RunContext, result: TrainResult) -> str:
         """On a bf16/fp16 base a merge rounds W + BA to the base's precision: measure what that costs in
