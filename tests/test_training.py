@@ -188,6 +188,11 @@ def test_merge_matches_unmerged_adapter_and_unmerge_restores_base(
     if dtype == "bfloat16":  # exact: the same weights, so the same logits
         assert all(torch.equal(p, weights[n]) for n, p in backend.model.named_parameters() if n in weights)
         assert torch.equal(logits(None), base)
+    # Training loads its own copy; the inference base is unmerged first so no saved weights stay resident.
+    backend.merge_adapter("a")
+    backend.training_copy("none")
+    assert backend.merged_adapter is None and "_merge_backup" not in backend.__dict__
+    assert torch.allclose(logits(None), base, atol=1e-4)
 
 
 def test_use_adapters_targets_adapter_strategies_only(write_config, tmp_path):

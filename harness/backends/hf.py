@@ -367,7 +367,11 @@ class TransformersBackend:
 
     # -- training (TrainableBase) --------------------------------------------------------------
     def training_copy(self, quantization: str) -> LoadedModel:
-        """A freshly loaded copy of the base (never the shared inference model) for a trainer."""
+        """A freshly loaded copy of the base (never the shared inference model) for a trainer.
+
+        A merged adapter is unmerged first: its saved base weights (a bf16/fp16 merge keeps them) would
+        otherwise stay resident through training, the run's memory peak; the next request re-merges."""
+        self._unmerge()
         return load_model(self.model_cfg, self._cache(), quantization=quantization)
 
     def base_fingerprint(self) -> dict[str, Any]:
