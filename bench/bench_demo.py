@@ -1,6 +1,7 @@
 """End-to-end benchmark: the full demo run (configs/demo.yaml), wall time and peak RSS per phase.
 
-    python bench/bench_demo.py [--cache fresh|warm] [--limit N] [--arms current,legacy] [--json FILE]
+    python bench/bench_demo.py [--cache fresh|warm] [--limit N] [--arms current,fp32,legacy] [--json FILE]
+                               [--keep DIR]
 
 Each arm runs the demo in its own subprocess (so peak memory is its own) into a temporary run folder.
 ``--cache fresh`` (default) uses an empty cache folder: model conversion, index build and adapter training
@@ -8,8 +9,11 @@ all happen, as on a first run; ``warm`` uses the user cache (adapters and index 
 ``manifest["phases"]`` (``harness.phases``): load, prepare (with index and train inside it), generate,
 latency_probe, score, report; nested phases overlap their parent.
 
-Arms: ``current`` is the code as is; ``legacy`` turns off the evaluation-pass changes in-process (no length
-sorting, stop strings cut only after generating, no shared-prefix KV cache) so their effect is measured in the same run. Target for
+Arms: ``current`` is the code and config as they are; ``fp32`` the same with ``model.dtype: float32`` (the
+precision ``dtype: auto`` picks on CPUs without native bf16); ``legacy`` turns off the evaluation-pass
+changes in-process (no length sorting, stop strings cut only after generating, no shared-prefix KV cache)
+so their effect is measured in the same run. ``--keep DIR`` keeps each arm's run folder as ``DIR/<arm>``
+(compare their answers and scores with ``adaptbench compare DIR/fp32 DIR/current``). Target for
 ``current`` on 2 CPU cores: the whole demo in <= 8 minutes.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,7 +50,9 @@ def worker(arm: str, cache: str, limit: int | None, out: Path) -> dict:
 
         batching.SORT_BY_LENGTH = False
         TransformersBackend._stop_criteria = lambda self, stops, width: None
-    overrides = {"eval_set.limit": limit} if limit else {}
+    overrides: dict = {"eval_set.limit": limit} if limit else {}
+    if arm == "fp32":
+        overrides["model.dtype"] = "float32"
     cfg = load_config(DEMO, overrides)
     if cache == "fresh":
         cfg.cache_dir = out / "cache"
@@ -74,6 +81,9 @@ def run_arm(arm: str, args) -> dict:
         if args.limit:
             cmd += ["--limit", str(args.limit)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if args.keep and (Path(tmp) / "run").is_dir():
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / "run"), str(Path(args.keep) / arm))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
@@ -106,11 +116,12 @@ def print_results(results: list[dict]) -> None:
         f"{'TOTAL wall':<15}"
         + "".join(f"{r['wall_seconds']:>14.1f}{mib(r['process_peak_rss_bytes']):>10}{'':>9}" for r in ok)
     )
-    base = next((r for r in ok if r["arm"] == "legacy"), None)
+    bases = [r for r in ok if r["arm"] in ("fp32", "legacy")]
     for r in ok:
         line = f"{r['arm']}: {r['wall_seconds'] / 60:.2f} min (target <= 8), process peak RSS {mib(r['process_peak_rss_bytes'])} MiB"
-        if base is not None and r is not base:
-            line += f"; wall x{r['wall_seconds'] / base['wall_seconds']:.2f} of legacy"
+        for base in bases:
+            if base is not r:
+                line += f"; wall x{r['wall_seconds'] / base['wall_seconds']:.2f} of {base['arm']}"
         print(line)
     print(
         "\nper strategy (prepare s, peak RSS MiB of its prepare+predict window, train s, training peak MiB):"
@@ -127,7 +138,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", choices=["fresh", "warm"], default="fresh")
     ap.add_argument("--limit", type=int, help="evaluate only the first N test examples")
-    ap.add_argument("--arms", default="current", help="comma list of: current, legacy")
+    ap.add_argument("--arms", default="current", help="comma list of: current, fp32, legacy")
+    ap.add_argument("--keep", help="keep each arm's run folder as KEEP/<arm>")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
