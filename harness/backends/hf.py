@@ -20,7 +20,7 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from harness.backends import exact_logits, register_backend
+from harness.backends import lm_head, register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
 from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
 from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
@@ -95,10 +95,10 @@ class TransformersBackend:
         # off. Not combined with the static cache, which owns its own preallocated cache.
         self.prefix_cache = PrefixCache() if enabled_by_env() and not self.static_cache else None
         self._cache_kwarg = cache_kwarg()
-        # bf16/fp16 models: fp32 logits for the top candidates (harness/backends/exact_logits.py);
-        # ADAPTBENCH_EXACT_LOGITS=0 leaves the head as the model computes it.
-        self.exact_logits = os.environ.get("ADAPTBENCH_EXACT_LOGITS", "") != "0" and exact_logits.install(
-            self.model
+        # The LM head gets a contiguous input and, on bf16/fp16 models, fp32 logits for the top candidates
+        # (harness/backends/lm_head.py); ADAPTBENCH_EXACT_LOGITS=0 leaves the head as the model computes it.
+        self.exact_logits = lm_head.install(
+            self.model, exact=os.environ.get("ADAPTBENCH_EXACT_LOGITS", "") != "0"
         )
 
     @classmethod

@@ -1,11 +1,11 @@
-"""fp32 logits for a 16-bit LM head's top candidates (harness/backends/exact_logits.py)."""
+"""The LM head hooks (harness/backends/lm_head.py): contiguous input, fp32 logits for a 16-bit head's top candidates."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness.backends import exact_logits
+from harness.backends import lm_head
 from harness.backends.hf import TransformersBackend
 from harness.backends.loading import load_model
 from harness.config import GenerationConfig, ModelConfig
@@ -27,7 +27,7 @@ def test_a_bf16_tie_is_decided_by_the_fp32_logits_not_by_the_lower_token_id():
     head, hidden = _tie_head()
     plain = head(hidden)
     assert plain[0, 1] == plain[0, 6] and plain.argmax(-1).item() == 1  # the rounding artefact
-    assert exact_logits.install(torch.nn.Module()) is False  # nothing to hook: no output embeddings
+    assert lm_head.install(torch.nn.Module()) is False  # nothing to hook: no output embeddings
 
     class Toy(torch.nn.Module):
         def __init__(self):
@@ -37,7 +37,7 @@ def test_a_bf16_tie_is_decided_by_the_fp32_logits_not_by_the_lower_token_id():
         def get_output_embeddings(self):
             return self.head
 
-    assert exact_logits.install(Toy())
+    assert lm_head.install(Toy())
     out = head(hidden)
     want = hidden.double() @ head.weight.double().T
     assert out.dtype == torch.float32 and out.argmax(-1).item() == 6
@@ -58,7 +58,7 @@ def test_top_candidates_match_an_fp32_head_on_a_real_bf16_model(tiny_model_dir, 
         hidden = out.hidden_states[-1]  # after the final norm: what the head reads
         want = hidden.double() @ model.get_output_embeddings().weight.double().T
     assert out.logits.dtype == torch.float32
-    top = out.logits.topk(exact_logits.TOP_K, dim=-1).indices
+    top = out.logits.topk(lm_head.TOP_K, dim=-1).indices
     assert torch.allclose(out.logits.gather(-1, top).double(), want.gather(-1, top), rtol=1e-5, atol=1e-4)
     assert torch.equal(out.logits.argmax(-1), want.argmax(-1))
     # generation reads the same head: greedy text is still produced and the hook is on the shared model
@@ -75,3 +75,24 @@ def test_fp32_models_are_left_alone_and_the_switch_turns_it_off(tiny_model_dir, 
     assert fp32.exact_logits is False and not fp32.model.get_output_embeddings()._forward_hooks
     bf16 = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype="bfloat16"), tmp_path))
     assert bf16.exact_logits is (env != "0")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_head_reads_a_contiguous_input_in_batched_generation(tiny_model_dir, tmp_path, dtype):
+    """transformers hands the head ``hidden[:, -1:, :]`` (strided for a batch); PyTorch's CPU linear then
+    multiplies against the weight expanded per row (a [batch, hidden, vocab] copy). The pre-hook makes
+    the input contiguous; the logits stay the same numbers."""
+    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype=dtype), tmp_path))
+    head = backend.model.get_output_embeddings()
+    seen = []
+    head.register_forward_pre_hook(lambda mod, args: seen.append((args[0].shape, args[0].is_contiguous())))
+    prompts = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "user", "content": "a longer question, please"}],
+    ]
+    backend.generate(prompts, GenerationConfig(max_new_tokens=3))
+    assert seen and seen[0][0][0] == 2 and all(ok for _, ok in seen)
+    strided = torch.randn(2, 7, head.in_features).to(head.weight.dtype)[:, -1:, :]
+    assert not strided.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(head(strided), head(strided.contiguous()))
