@@ -1,6 +1,6 @@
 """Memory benchmark: peak RSS per phase of the demo, and the adapter validation pass with/without logits.
 
-    python bench/bench_memory.py [--limit 16] [--strategies qlora,rag_qlora] [--skip-demo]
+    python bench/bench_memory.py [--limit 16] [--strategies qlora,rag_qlora] [--skip-demo] [--onednn-lengths 60]
 
 1. Phases: the demo (configs/demo.yaml, fresh cache, first ``--limit`` test examples; training and index
    build do not depend on the limit) in a subprocess; peak and end-of-phase RSS per phase from
@@ -14,6 +14,11 @@
    over the 4-bit training base, in a fresh subprocess per arm: ``loss_only`` (the trainer's setting,
    ``prediction_loss_only=True``) vs ``with_logits`` (the transformers default, which adds a forward pass
    for the full logits and keeps them for the whole validation set). Prints peak RSS and the ratio.
+4. oneDNN primitive cache (CPUs with native bf16, where ``dtype: auto`` is bf16): greedy generation of 8
+   tokens for ``--onednn-lengths`` prompts of distinct lengths (40, 60, ... tokens), each alone, then 16
+   batches of 16 rows, in a fresh subprocess per arm: ``cache_1024`` (oneDNN's default capacity) vs
+   ``cache_128`` (the harness default, ``harness.memory.cap_onednn_primitive_cache``). Prints the resident
+   set after ``malloc_trim`` (what stays), seconds, and the ratios to ``cache_1024``.
 """
 
 from __future__ import annotations
@@ -145,6 +150,64 @@ def train_section(strategies: list[str], steps: int) -> None:
                 print(json.dumps({"section": "train", "arm": arm, **r}))
 
 
+def onednn_worker(lengths: int) -> dict:
+    """Generate for prompts of ``lengths`` distinct lengths; resident set before and after, seconds."""
+    import time
+
+    import psutil
+    import torch
+
+    from harness.backends import open_backend
+    from harness.config import load_config
+    from harness.memory import release_free_heap
+    from harness.rundir import cache_root
+
+    backend = open_backend(load_config(DEMO).model, cache_root())
+    model = backend.model
+    if model.dtype != torch.bfloat16:
+        return {"skipped": f"model dtype {model.dtype} (no native bf16 on this CPU)"}
+    proc = psutil.Process()
+    release_free_heap()
+    before = proc.memory_info().rss
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    shapes = [(1, 40 + 20 * i) for i in range(lengths)] + [(16, 40 + 40 * i) for i in range(16)]
+    with torch.no_grad():
+        for rows, width in shapes:
+            ids = torch.randint(100, 40000, (rows, width), generator=gen)
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    seconds = time.perf_counter() - start
+    release_free_heap()
+    return {"rss_before_bytes": before, "rss_after_bytes": proc.memory_info().rss, "seconds": seconds}
+
+
+def onednn_section(lengths: int) -> None:
+    import os
+
+    print(f"\n== oneDNN primitive cache: {lengths} prompt lengths alone + 16 batches of 16 (8 new tokens) ==")
+    print(
+        f"{'arm':<12}{'seconds':>9}{'before MiB':>12}{'after MiB':>11}{'kept MiB':>10}{'x 1024':>8}{'time x':>8}"
+    )
+    rows = {}
+    for arm, cap in (("cache_1024", "1024"), ("cache_128", "128")):
+        cmd = [sys.executable, __file__, "--onednn-worker", str(lengths)]
+        rows[arm] = subprocess_json(cmd, env={**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": cap})
+    base = rows["cache_1024"]
+    for arm, r in rows.items():
+        if "error" in r or "skipped" in r:
+            print(f"{arm:<12} {r.get('error') or r.get('skipped')}")
+            continue
+        kept = r["rss_after_bytes"] - r["rss_before_bytes"]
+        ok = "seconds" in base
+        ratio = f"{kept / max(base['rss_after_bytes'] - base['rss_before_bytes'], 1):.2f}" if ok else "-"
+        tratio = f"{r['seconds'] / base['seconds']:.2f}" if ok else "-"
+        print(
+            f"{arm:<12}{r['seconds']:>9.1f}{r['rss_before_bytes'] / 2**20:>12.0f}{r['rss_after_bytes'] / 2**20:>11.0f}"
+            f"{kept / 2**20:>10.0f}{ratio:>8}{tratio:>8}"
+        )
+        print(json.dumps({"section": "onednn", "arm": arm, **r}))
+
+
 def subprocess_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -160,12 +223,17 @@ def main() -> None:
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--train-steps", type=int, default=3, help="0 skips the training section")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--onednn-lengths", type=int, default=60, help="0 skips the oneDNN cache section")
+    ap.add_argument("--onednn-worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--eval-worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--train-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.train_worker:
         sid, steps, cache = args.train_worker
         print(json.dumps(train_worker(sid, int(steps), Path(cache))))
+        return
+    if args.onednn_worker:
+        print(json.dumps(onednn_worker(args.onednn_worker)))
         return
     if args.eval_worker:
         sid, arm, cache = args.eval_worker
@@ -186,6 +254,8 @@ def main() -> None:
 
     if args.train_steps:
         train_section(args.strategies.split(","), args.train_steps)
+    if args.onednn_lengths:
+        onednn_section(args.onednn_lengths)
     if args.skip_eval:
         return
     print("\n== adapter validation pass: trainer.evaluate() peak memory ==")

@@ -22,6 +22,7 @@ from harness.config import DEFAULT_MODEL, ModelConfig
 from harness.errors import ModelError
 from harness.locks import build_lock
 from harness.manifest import cpu_native_bf16
+from harness.memory import cap_onednn_primitive_cache
 from harness.rundir import cache_root  # noqa: F401 - re-exported (loading.cache_root)
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,8 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if device == "cpu":
+        cap_onednn_primitive_cache()  # before the first bf16 matmul: prompt lengths must not pile up shapes
     quant = quantization or cfg.quantization
     source, from_cache = resolve_source(cfg, cache)
     kwargs: dict[str, Any] = {

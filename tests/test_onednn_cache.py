@@ -1,0 +1,82 @@
+"""oneDNN's primitive cache is capped before the first bf16 matmul (``harness.memory.cap_onednn_primitive_cache``).
+
+PyTorch runs bf16 ``linear`` on CPUs with native bf16 through oneDNN, which caches a primitive per input
+shape; prompts of new lengths pile them up. The behaviour test runs in fresh interpreters (oneDNN reads the
+capacity once per process): 150 new shapes of the default model's projection sizes, with the harness's cap
+vs oneDNN's default capacity, and compares what stays resident after ``malloc_trim``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.backends.loading import load_model
+from harness.config import ModelConfig
+from harness.manifest import cpu_native_bf16
+from harness.memory import ONEDNN_CACHE_CAPACITY, ONEDNN_CACHE_ENV, cap_onednn_primitive_cache
+
+SCRIPT = r"""
+import ctypes, json, psutil, torch
+from harness.memory import cap_onednn_primitive_cache
+applied = cap_onednn_primitive_cache()
+weights = [torch.randn(n, k, dtype=torch.bfloat16) for k, n in [(576, 576), (576, 192), (576, 1536), (1536, 576)]]
+def shape(m):
+    for w in weights:
+        torch.nn.functional.linear(torch.randn(m, w.shape[1], dtype=torch.bfloat16), w)
+shape(100)
+libc = ctypes.CDLL("libc.so.6"); proc = psutil.Process()
+libc.malloc_trim(0); base = proc.memory_info().rss
+for m in range(200, 350):
+    shape(m)
+libc.malloc_trim(0)
+print(json.dumps({"applied": applied, "kept_mb": (proc.memory_info().rss - base) / 2**20}))
+"""
+
+
+def _clear(monkeypatch):
+    monkeypatch.delenv(ONEDNN_CACHE_ENV, raising=False)
+    monkeypatch.delenv("DNNL_PRIMITIVE_CACHE_CAPACITY", raising=False)
+
+
+def test_cap_is_set_only_where_the_user_set_none(monkeypatch):
+    _clear(monkeypatch)
+    assert cap_onednn_primitive_cache() is True
+    assert os.environ[ONEDNN_CACHE_ENV] == str(ONEDNN_CACHE_CAPACITY)
+    monkeypatch.setenv(ONEDNN_CACHE_ENV, "512")
+    assert cap_onednn_primitive_cache() is False
+    assert os.environ[ONEDNN_CACHE_ENV] == "512"
+    _clear(monkeypatch)
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "64")  # oneDNN's older spelling wins too
+    assert cap_onednn_primitive_cache() is False
+    assert ONEDNN_CACHE_ENV not in os.environ
+
+
+def test_loading_a_cpu_model_caps_the_cache(tiny_model_dir, tmp_path, monkeypatch):
+    _clear(monkeypatch)
+    load_model(ModelConfig(id=str(tiny_model_dir), dtype="float32"), tmp_path)
+    assert os.environ[ONEDNN_CACHE_ENV] == str(ONEDNN_CACHE_CAPACITY)
+
+
+def _kept(env: dict[str, str]) -> dict:
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+@pytest.mark.skipif(
+    not cpu_native_bf16(), reason="bf16 linear goes through oneDNN only on CPUs with native bf16"
+)
+def test_capped_cache_keeps_less_resident_for_new_shapes():
+    env = {
+        k: v for k, v in os.environ.items() if k not in (ONEDNN_CACHE_ENV, "DNNL_PRIMITIVE_CACHE_CAPACITY")
+    }
+    capped = _kept(env)
+    default = _kept({**env, ONEDNN_CACHE_ENV: "1024"})
+    assert capped["applied"] is True and default["applied"] is False
+    # measured: ~200 vs ~380 MiB for 150 shapes x 4 projection sizes
+    assert capped["kept_mb"] < 0.8 * default["kept_mb"], (capped, default)
