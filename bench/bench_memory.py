@@ -123,29 +123,23 @@ def train_worker(strategy_id: str, steps: int, cache: Path) -> dict:
 
 
 def train_section(strategies: list[str], steps: int) -> None:
-    import os
-
     print(f"\n== adapter training, {steps} steps: peak RSS with a fixed vs glibc's dynamic mmap threshold ==")
     print(
         f"{'strategy':<12}{'arm':<14}{'s/step':>8}{'before MiB':>12}{'peak MiB':>10}{'x glibc':>9}{'time x':>8}"
     )
     with tempfile.TemporaryDirectory(prefix="bench-memory-train-") as cache:
         for sid in strategies:
-            rows = {}
-            for arm, flag in (("malloc_glibc", "0"), ("malloc_fixed", "1")):
-                cmd = [sys.executable, __file__, "--train-worker", sid, str(steps), cache]
-                rows[arm] = subprocess_json(cmd, env={**os.environ, "ADAPTBENCH_MALLOC": flag})
+            cmd = [sys.executable, __file__, "--train-worker", sid, str(steps), cache]
+            rows = env_arms(cmd, "ADAPTBENCH_MALLOC", (("malloc_glibc", "0"), ("malloc_fixed", "1")))
             base = rows["malloc_glibc"]
             for arm, r in rows.items():
                 if "error" in r:
                     print(f"{sid:<12}{arm:<14} failed: {r['error']}")
                     continue
-                ok = "error" not in base
-                ratio = f"{r['peak_bytes'] / base['peak_bytes']:.2f}" if ok else "-"
-                tratio = f"{r['seconds_per_step'] / base['seconds_per_step']:.2f}" if ok else "-"
                 print(
                     f"{sid:<12}{arm:<14}{r['seconds_per_step']:>8.1f}{r['rss_before_bytes'] / 2**20:>12.0f}"
-                    f"{r['peak_bytes'] / 2**20:>10.0f}{ratio:>9}{tratio:>8}"
+                    f"{r['peak_bytes'] / 2**20:>10.0f}{ratio(r, base, 'peak_bytes'):>9}"
+                    f"{ratio(r, base, 'seconds_per_step'):>8}"
                 )
                 print(json.dumps({"section": "train", "arm": arm, **r}))
 
@@ -182,30 +176,40 @@ def onednn_worker(lengths: int) -> dict:
 
 
 def onednn_section(lengths: int) -> None:
-    import os
-
     print(f"\n== oneDNN primitive cache: {lengths} prompt lengths alone + 16 batches of 16 (8 new tokens) ==")
     print(
         f"{'arm':<12}{'seconds':>9}{'before MiB':>12}{'after MiB':>11}{'kept MiB':>10}{'x 1024':>8}{'time x':>8}"
     )
-    rows = {}
-    for arm, cap in (("cache_1024", "1024"), ("cache_128", "128")):
-        cmd = [sys.executable, __file__, "--onednn-worker", str(lengths)]
-        rows[arm] = subprocess_json(cmd, env={**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": cap})
+    cmd = [sys.executable, __file__, "--onednn-worker", str(lengths)]
+    rows = env_arms(cmd, "ONEDNN_PRIMITIVE_CACHE_CAPACITY", (("cache_1024", "1024"), ("cache_128", "128")))
+    for r in rows.values():
+        if "rss_after_bytes" in r:
+            r["kept_bytes"] = r["rss_after_bytes"] - r["rss_before_bytes"]
     base = rows["cache_1024"]
     for arm, r in rows.items():
         if "error" in r or "skipped" in r:
             print(f"{arm:<12} {r.get('error') or r.get('skipped')}")
             continue
-        kept = r["rss_after_bytes"] - r["rss_before_bytes"]
-        ok = "seconds" in base
-        ratio = f"{kept / max(base['rss_after_bytes'] - base['rss_before_bytes'], 1):.2f}" if ok else "-"
-        tratio = f"{r['seconds'] / base['seconds']:.2f}" if ok else "-"
         print(
             f"{arm:<12}{r['seconds']:>9.1f}{r['rss_before_bytes'] / 2**20:>12.0f}{r['rss_after_bytes'] / 2**20:>11.0f}"
-            f"{kept / 2**20:>10.0f}{ratio:>8}{tratio:>8}"
+            f"{r['kept_bytes'] / 2**20:>10.0f}{ratio(r, base, 'kept_bytes'):>8}{ratio(r, base, 'seconds'):>8}"
         )
         print(json.dumps({"section": "onednn", "arm": arm, **r}))
+
+
+def env_arms(cmd: list[str], var: str, arms: tuple[tuple[str, str], ...]) -> dict[str, dict]:
+    """Run ``cmd`` once per arm in a fresh interpreter with ``var`` set to the arm's value (process-wide
+    settings, such as malloc's or oneDNN's, cannot be switched back inside one process)."""
+    import os
+
+    return {arm: subprocess_json(cmd, env={**os.environ, var: value}) for arm, value in arms}
+
+
+def ratio(row: dict, base: dict, key: str) -> str:
+    """``row[key] / base[key]`` for the table, or ``-`` when the baseline arm failed."""
+    if key not in row or key not in base or not base[key]:
+        return "-"
+    return f"{row[key] / base[key]:.2f}"
 
 
 def subprocess_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
