@@ -173,6 +173,7 @@ def release_free_heap() -> bool:
 
 
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_ENVS = (ONEDNN_CACHE_ENV, "DNNL_PRIMITIVE_CACHE_CAPACITY")  # oneDNN reads either spelling
 ONEDNN_CACHE_CAPACITY = 128
 
 
@@ -191,7 +192,7 @@ def cap_onednn_primitive_cache(capacity: int = ONEDNN_CACHE_CAPACITY) -> bool:
     """
     import os
 
-    if ONEDNN_CACHE_ENV in os.environ or "DNNL_PRIMITIVE_CACHE_CAPACITY" in os.environ:
+    if any(name in os.environ for name in ONEDNN_CACHE_ENVS):
         return False
     os.environ[ONEDNN_CACHE_ENV] = str(capacity)
     return True

@@ -351,11 +351,10 @@ def run(
     if not main:  # the rest is rank 0's: the single-request latency probe, scoring, the report
         distributed.finish()
         return RunResult(run_dir=run_dir, scores={})
-    # Between phases, hand the heap's free pages back: what generation freed is fragmented and would
-    # otherwise sit under the next phase's allocations (the bf16 demo's score phase peaked at 3.1 GB).
-    release_free_heap()
     with phase("latency_probe"):
         probe_latency(run_dir, config, strategies, examples, manifest, progress)
+    # The probe's freed blocks would otherwise sit under scoring's allocations (generation's were handed
+    # back after each strategy): the bf16 demo's score phase peaked at 3.1 GB without it.
     release_free_heap()
     with phase("score"):
         scores = compute_scores(run_dir, config, manifest, [s.id for s in strategies], backend=backend)

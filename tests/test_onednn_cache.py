@@ -18,29 +18,34 @@ import pytest
 from harness.backends.loading import load_model
 from harness.config import ModelConfig
 from harness.manifest import cpu_native_bf16
-from harness.memory import ONEDNN_CACHE_CAPACITY, ONEDNN_CACHE_ENV, cap_onednn_primitive_cache
+from harness.memory import (
+    ONEDNN_CACHE_CAPACITY,
+    ONEDNN_CACHE_ENV,
+    ONEDNN_CACHE_ENVS,
+    cap_onednn_primitive_cache,
+)
 
 SCRIPT = r"""
-import ctypes, json, psutil, torch
-from harness.memory import cap_onednn_primitive_cache
+import json, psutil, torch
+from harness.memory import cap_onednn_primitive_cache, release_free_heap
 applied = cap_onednn_primitive_cache()
 weights = [torch.randn(n, k, dtype=torch.bfloat16) for k, n in [(576, 576), (576, 192), (576, 1536), (1536, 576)]]
 def shape(m):
     for w in weights:
         torch.nn.functional.linear(torch.randn(m, w.shape[1], dtype=torch.bfloat16), w)
 shape(100)
-libc = ctypes.CDLL("libc.so.6"); proc = psutil.Process()
-libc.malloc_trim(0); base = proc.memory_info().rss
+proc = psutil.Process()
+release_free_heap(); base = proc.memory_info().rss
 for m in range(200, 350):
     shape(m)
-libc.malloc_trim(0)
+release_free_heap()
 print(json.dumps({"applied": applied, "kept_mb": (proc.memory_info().rss - base) / 2**20}))
 """
 
 
 def _clear(monkeypatch):
-    monkeypatch.delenv(ONEDNN_CACHE_ENV, raising=False)
-    monkeypatch.delenv("DNNL_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    for name in ONEDNN_CACHE_ENVS:
+        monkeypatch.delenv(name, raising=False)
 
 
 def test_cap_is_set_only_where_the_user_set_none(monkeypatch):
@@ -72,9 +77,7 @@ def _kept(env: dict[str, str]) -> dict:
     not cpu_native_bf16(), reason="bf16 linear goes through oneDNN only on CPUs with native bf16"
 )
 def test_capped_cache_keeps_less_resident_for_new_shapes():
-    env = {
-        k: v for k, v in os.environ.items() if k not in (ONEDNN_CACHE_ENV, "DNNL_PRIMITIVE_CACHE_CAPACITY")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ONEDNN_CACHE_ENVS}
     capped = _kept(env)
     default = _kept({**env, ONEDNN_CACHE_ENV: "1024"})
     assert capped["applied"] is True and default["applied"] is False
