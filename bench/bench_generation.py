@@ -16,6 +16,10 @@ process, one model:
   harness+stop (prefix cache off)
                 the same with the backend's shared-prefix KV cache off (ADAPTBENCH_PREFIX_CACHE=0): the
                 gain of reusing the system prompt + demonstrations' keys and values across batches
+  harness+stop (packed linear off), single requests [(packed off)]
+                bf16 on CPU only: the pass, and ``--single`` latency-probe-style single requests (with the
+                stop string), with and without weights packed once for oneDNN
+                (harness/backends/packed_linear.py)
 
 The prefix cache is emptied before each harness arm, so every arm pays for computing its own prefixes.
 Printed: tokens, seconds, tokens/s per arm; harness/bare tokens/s (target >= 0.8); the wall-time ratio of
@@ -31,6 +35,7 @@ turns on the static KV cache (+ torch.compile on CUDA) in the backend; FlashAtte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -98,6 +103,15 @@ def harness_pass(strategy, examples, batch_size: int) -> tuple[float, int, dict[
     return time.perf_counter() - start, tokens, texts
 
 
+def single_arm(strategy, examples, name: str, results: dict) -> None:
+    """Latency-probe-style single requests (one row each, the strategy's whole ``predict``)."""
+    strategy.predict(examples[:1])  # warm: this arm's prefix and packs, as the probe's warm-up rounds do
+    start, tokens = time.perf_counter(), 0
+    for example in examples:
+        tokens += strategy.predict([example])[0].new_tokens
+    results[name] = {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -107,6 +121,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--stop", default="\n\n")
+    ap.add_argument("--single", type=int, default=16, help="single requests per packed-linear arm")
     ap.add_argument("--static-cache", action="store_true", help="static KV cache (+ compile on CUDA)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--strategy", default="prompt", choices=sorted(STRATEGIES), help="whose prompts")
@@ -173,12 +188,21 @@ def main() -> None:
     harness_pass(strategy, examples[:2], 2)
 
     results: dict[str, dict] = {}
-    s, t, bare_texts = bare_pass(loaded, texts, args.batch_size, args.max_new_tokens)
+    packed = backend.packed  # None unless bf16 on CPU (harness/backends/packed_linear.py)
+    with packed.suspended() if packed is not None else contextlib.nullcontext():  # plain transformers
+        s, t, bare_texts = bare_pass(loaded, texts, args.batch_size, args.max_new_tokens)
     results["bare"] = {"seconds": s, "tokens": t}
     harness_arm("harness", prefix=True)
     strategy.ctx = context([args.stop])
     stop_texts = harness_arm("harness+stop", prefix=True)
     off_texts = harness_arm("harness+stop (prefix cache off)", prefix=False)
+    if packed is not None:
+        with packed.suspended():
+            unpacked_texts = harness_arm("harness+stop (packed linear off)", prefix=True)
+        singles = examples[: args.single]
+        single_arm(strategy, singles, "single requests", results)
+        with packed.suspended():
+            single_arm(strategy, singles, "single requests (packed off)", results)
     for r in results.values():
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
 
@@ -194,6 +218,15 @@ def main() -> None:
         "identical_answers_vs_bare_cut": same,
         "identical_answers_prefix_on_off": same_prefix,
     }
+    if packed is not None:
+        summary |= {
+            "packed_on_vs_off_wall": results["harness+stop"]["seconds"]
+            / results["harness+stop (packed linear off)"]["seconds"],
+            "single_packed_on_vs_off_wall": results["single requests"]["seconds"]
+            / results["single requests (packed off)"]["seconds"],
+            "identical_answers_packed_on_off": sum(stop_texts[k] == unpacked_texts[k] for k in stop_texts)
+            / len(stop_texts),
+        }
     prompt_tokens = [backend.count_tokens(x) for x in texts]
     print(
         f"model={model_id} device={loaded.info.device} dtype={loaded.info.dtype} n={args.n} "

@@ -131,6 +131,13 @@ class PromptedStrategy(Strategy):
         result = self.ctx.backend.generate([p for p, _ in built], self.ctx.generation, adapter=self.adapter)
         return answers_from(result, [extra for _, extra in built])
 
+    def activate(self) -> None:
+        """The base weights in place, untimed: a merged adapter another strategy left in the shared base is
+        unmerged here, not inside this strategy's first timed request (adapter strategies merge theirs)."""
+        unmerge = getattr(self.ctx.backend, "unmerge_adapter", None) if self.ctx is not None else None
+        if unmerge is not None:
+            unmerge()
+
     def length_key(self, example: dict[str, Any]) -> int:
         """Tokens of the rendered prompt (backends memoise tokenisation, so generate reuses them)."""
         assert self.ctx is not None, "prepare() must run before length_key()"

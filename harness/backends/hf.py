@@ -20,7 +20,7 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from harness.backends import lm_head, register_backend
+from harness.backends import lm_head, packed_linear, register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
 from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
 from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
@@ -100,6 +100,11 @@ class TransformersBackend:
         self.exact_logits = lm_head.install(
             self.model, exact=os.environ.get("ADAPTBENCH_EXACT_LOGITS", "") != "0"
         )
+        # bf16 linears on CPU compute decoding steps from weights packed once for oneDNN instead of at every
+        # call (harness/backends/packed_linear.py; bit-identical). Off with the static cache (compiled).
+        self.packed = (
+            packed_linear.install(self.model) if self.device == "cpu" and not self.static_cache else None
+        )
 
     @classmethod
     def open(cls, model_cfg: ModelConfig, cache_dir: Path) -> TransformersBackend:
@@ -112,6 +117,7 @@ class TransformersBackend:
             "backend": self.name,
             "prefix_cache": self.prefix_cache is not None,
             "exact_top_logits": self.exact_logits,
+            "packed_linear": self.packed is not None,
         }
 
     # -- prompts -------------------------------------------------------------------------------
@@ -157,6 +163,11 @@ class TransformersBackend:
             self._merge_backup = [(w, w.detach().to("cpu", copy=True)) for w in self._merged_weights(name)]
         self.model.merge_adapter([name])
         self.merged_adapter = name
+        self._repack(name)
+
+    def unmerge_adapter(self) -> None:
+        """Serve the plain base weights: a merged adapter is unmerged now (before a base request, untimed)."""
+        self._unmerge()
 
     def _merged_weights(self, name: str) -> list[torch.Tensor]:
         """The base-layer weights and biases a merge of adapter ``name`` writes to."""
@@ -177,7 +188,14 @@ class TransformersBackend:
             with torch.no_grad():
                 for weight, saved in self.__dict__.pop("_merge_backup", []):
                     weight.copy_(saved)
+            self._repack(self.merged_adapter)
             self.merged_adapter = None
+
+    def _repack(self, adapter: str) -> None:
+        """A merge writes the base weights through ``.data`` (no version bump): re-pack what it touched now,
+        while merging is untimed, not in the next (maybe timed) request."""
+        if self.packed is not None:
+            self.packed.refresh(self._merged_weights(adapter))
 
     def using_adapter(self, adapter: str | None):
         """Context in which the model computes with adapter ``adapter`` (``None``: the plain base)."""
@@ -353,7 +371,7 @@ class TransformersBackend:
             positions.append(i)
             rows.append((ctx + ans, len(ctx)))
         if rows:
-            with self.using_adapter(None):
+            with self._no_packing(), self.using_adapter(None):
                 values = masked_mean_nll(self.model, rows, self._pad_id(), batch_size)
             for pos, value in zip(positions, values, strict=True):
                 out[pos] = float(value)
@@ -362,7 +380,7 @@ class TransformersBackend:
     # -- adapter validation loss (AdapterHost) -------------------------------------------------
     def adapter_nll(self, name: str | None, rows: list[dict[str, list[int]]], batch_size: int = 8) -> float:
         """Token-weighted mean completion loss of tokenised rows with adapter ``name`` (``None``: base)."""
-        with self.using_adapter(name):
+        with self._no_packing(), self.using_adapter(name):
             return token_mean_nll(self.model, rows_from_masks(rows), self._pad_id(), batch_size)
 
     # -- training (TrainableBase) --------------------------------------------------------------
@@ -372,7 +390,13 @@ class TransformersBackend:
         A merged adapter is unmerged first: its saved base weights (a bf16/fp16 merge keeps them) would
         otherwise stay resident through training, the run's memory peak; the next request re-merges."""
         self._unmerge()
+        if self.packed is not None:
+            self.packed.release()  # rebuilt when decoding resumes
         return load_model(self.model_cfg, self._cache(), quantization=quantization)
+
+    def _no_packing(self) -> contextlib.AbstractContextManager[None]:
+        """Likelihood passes do not decode: no packed weights beside their activations."""
+        return self.packed.suspended() if self.packed is not None else contextlib.nullcontext()
 
     def base_fingerprint(self) -> dict[str, Any]:
         """Identity of the base weights an adapter is trained on (id, revision, and local file sizes)."""

@@ -210,9 +210,11 @@ class AdapterStrategy:
     def activate(self) -> None:
         """Merged adapters are merged again before a request once another strategy unmerged them (the latency
         probe interleaves strategies): requests are timed as the merged model serves them, as they were
-        answered in the batched pass."""
+        answered in the batched pass. An unmerged adapter needs the plain base: the host's default."""
         if self.merged and self.ctx is not None:
             self.ctx.backend.merge_adapter(self.adapter)  # type: ignore[attr-defined]
+        else:
+            super().activate()  # type: ignore[misc]
 
     def _merged(self, ctx: RunContext, result: TrainResult) -> str:
         """On a bf16/fp16 base a merge rounds W + BA to the base's precision: measure what that costs in

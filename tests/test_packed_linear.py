@@ -1,0 +1,159 @@
+"""Packed bf16 linears (harness/backends/packed_linear.py): same numbers as ``F.linear``, packs that follow
+the weights, and memory handed back when decoding stops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.backends import packed_linear
+from harness.backends.hf import TransformersBackend
+from harness.backends.loading import load_model
+from harness.config import GenerationConfig, ModelConfig
+
+pytestmark = pytest.mark.skipif(
+    not packed_linear.available(), reason="oneDNN bf16 linear not available on this CPU"
+)
+
+
+def bf16_linear(seed: int = 0, bias: bool = True) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 96, bias=bias)).bfloat16()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_calls_are_packed_and_bit_identical(bias):
+    model = bf16_linear(bias=bias)
+    layer = model[0]
+    packed = packed_linear.install(model)
+    assert packed is not None and packed.modules == [layer]
+    gen = torch.Generator().manual_seed(1)
+    wide = torch.randn(3, 64, 10, generator=gen).bfloat16()
+    inputs = [
+        torch.randn(1, 64, generator=gen).bfloat16(),  # one decoding step
+        torch.randn(16, 64, generator=gen).bfloat16(),  # a batch's step
+        torch.randn(2, 5, 64, generator=gen).bfloat16(),  # [batch, positions, hidden]
+        wide.transpose(1, 2),  # not contiguous
+    ]
+    with torch.inference_mode():
+        for x in inputs:
+            assert torch.equal(model(x), F.linear(x, layer.weight, layer.bias))
+    assert packed.packed_bytes == layer.weight.numel() * 2  # one pack, reused by every call
+
+
+def test_large_calls_and_training_use_the_plain_product():
+    model = bf16_linear()
+    packed = packed_linear.install(model)
+    x = torch.randn(packed_linear.MAX_ROWS + 1, 64).bfloat16()
+    with torch.inference_mode():
+        assert torch.equal(model(x), F.linear(x, model[0].weight, model[0].bias))
+    assert packed.packed_bytes == 0  # prefill-sized calls gain nothing from a pack: none is made
+    model(torch.randn(2, 64).bfloat16()).float().sum().backward()  # grad mode: differentiable path
+    assert model[0].weight.grad is not None and packed.packed_bytes == 0
+
+
+def test_weights_written_in_place_are_repacked():
+    model = bf16_linear()
+    layer, packed = model[0], packed_linear.install(model)
+    x = torch.randn(4, 64).bfloat16()
+    with torch.inference_mode():
+        before = model(x)
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight * 2)  # a tracked write: the version counter moves
+    with torch.inference_mode():
+        after = model(x)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, F.linear(x, layer.weight, layer.bias))
+    layer.weight.data += 1  # peft's merge writes through .data: untracked, the caller refreshes
+    packed.refresh([layer.weight])
+    with torch.inference_mode():
+        assert torch.equal(model(x), F.linear(x, layer.weight, layer.bias))
+    packed.invalidate([torch.zeros(1)])  # another tensor: this layer's pack stays
+    assert packed.packed_bytes > 0
+    packed.release()
+    assert packed.packed_bytes == 0
+
+
+@pytest.fixture()
+def bf16_backend(tiny_model_dir, tmp_path) -> TransformersBackend:
+    """The tiny model in bf16 with weights large enough that its greedy answers differ by prompt."""
+    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype="bfloat16"), tmp_path))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in backend.model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    backend.prefix_cache = None  # a prefix computed alone rounds differently in bf16; not what is tested
+    return backend
+
+
+def test_generation_is_identical_with_and_without_packing(bf16_backend):
+    backend = bf16_backend
+    assert backend.describe()["packed_linear"] is True
+    prompts = [[{"role": "user", "content": q}] for q in ("What?", "Where is my order", "Hi", "Battery size")]
+    params = GenerationConfig(max_new_tokens=12)
+    packed = [backend.generate(prompts, params).generations]
+    packed += [backend.generate([p], params).generations[0] for p in prompts]  # single requests: one row
+    assert backend.packed.packed_bytes > 0
+    backend.packed.uninstall()
+    plain = [backend.generate(prompts, params).generations]
+    plain += [backend.generate([p], params).generations[0] for p in prompts]
+    assert backend.packed.packed_bytes == 0  # uninstalled: nothing packed again
+    assert len({g.text for g in packed[0]}) == 4, "the model must answer each prompt differently"
+    assert packed == plain
+
+
+def test_backend_releases_packs_before_work_that_does_not_decode(bf16_backend):
+    backend = bf16_backend
+    prompt = [{"role": "user", "content": "Where is my order"}]
+    backend.generate([prompt], GenerationConfig(max_new_tokens=4))
+    assert backend.packed.packed_bytes > 0
+    backend.completion_nll([prompt], ["It ships tomorrow."])  # small calls, yet no packs made
+    assert backend.packed.packed_bytes == 0  # a scoring pass: no packs kept beside it
+    backend.generate([prompt], GenerationConfig(max_new_tokens=4))
+    assert backend.packed.packed_bytes > 0
+    backend.training_copy("none")
+    assert backend.packed.packed_bytes == 0  # adapter training: the run's memory peak
+
+
+def test_adapter_merges_repack_before_the_request(bf16_backend, tiny_model_dir, tmp_path, monkeypatch):
+    """The latency probe merges an adapter untimed, then times a request: the request must not pay for
+    packing the merged weights, and a base strategy's untimed ``activate`` gives the base back."""
+    from peft import LoraConfig, get_peft_model
+
+    from harness.plugin import Params, PromptedStrategy
+
+    donor = load_model(ModelConfig(id=str(tiny_model_dir), dtype="bfloat16"), tmp_path / "donor").model
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(donor, lora).save_pretrained(tmp_path / "adapter")
+    backend, prompt = bf16_backend, [[{"role": "user", "content": "Where is my order"}]]
+    params = GenerationConfig(max_new_tokens=8)
+    backend.load_adapter(str(tmp_path / "adapter"), "a")
+    base = backend.generate(prompt, params).generations
+    packs: list[int] = []
+    real = packed_linear._pack
+    monkeypatch.setattr(packed_linear, "_pack", lambda w: packs.append(1) or real(w))
+    backend.merge_adapter("a")
+    at_merge = len(packs)
+    assert at_merge > 0  # the merged weights were packed at the merge...
+    merged = backend.generate(prompt, params, adapter="a").generations
+    assert len(packs) == at_merge  # ...so the request packed nothing
+    assert merged != base
+
+    strategy = PromptedStrategy("p", Params())
+    strategy.ctx = type("Ctx", (), {"backend": backend})()
+    strategy.activate()  # a base strategy's turn: unmerged here, not in its request
+    assert backend.merged_adapter is None
+    at_unmerge = len(packs)
+    assert backend.generate(prompt, params).generations == base
+    assert len(packs) == at_unmerge
+
+
+def test_switch_off(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTBENCH_PACKED_LINEAR", "0")
+    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype="bfloat16"), tmp_path))
+    assert backend.packed is None and backend.describe()["packed_linear"] is False
+    fp32 = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype="float32"), tmp_path))
+    monkeypatch.delenv("ADAPTBENCH_PACKED_LINEAR")
+    assert packed_linear.install(fp32.model) is None  # fp32: MKL's path, no per-call reorder to save
