@@ -32,9 +32,11 @@ def test_small_calls_are_packed_and_bit_identical(bias):
     wide = torch.randn(3, 64, 10, generator=gen).bfloat16()
     inputs = [
         torch.randn(1, 64, generator=gen).bfloat16(),  # one decoding step
-        torch.randn(16, 64, generator=gen).bfloat16(),  # a batch's step
-        torch.randn(2, 5, 64, generator=gen).bfloat16(),  # [batch, positions, hidden]
-        wide.transpose(1, 2),  # not contiguous
+        torch.randn(3, 64, generator=gen).bfloat16(),  # a small batch's step
+        torch.randn(2, 2, 64, generator=gen).bfloat16(),  # [batch, positions, hidden]
+        torch.randn(1, 1, 64, generator=gen).bfloat16(),
+        torch.randn(16, 64, generator=gen).bfloat16(),  # more rows than MAX_ROWS: the plain product
+        wide.transpose(1, 2),  # not contiguous: the plain product
     ]
     with torch.inference_mode():
         for x in inputs:

@@ -1,20 +1,23 @@
-"""Decoding-sized bf16 matrix products on CPU with the weights packed once for oneDNN.
+"""Single-request decoding with bf16 weights packed once for oneDNN, on CPU.
 
 Why: PyTorch's CPU ``linear`` in bf16 hands the weight to oneDNN in its plain layout, and oneDNN reorders
-it into its blocked layout on *every* call. For a decoding step (1-16 rows) that reorder reads and writes
-the whole weight again, as much memory traffic as the product itself. Measured on a 2-core Zen 4 EPYC
-(576 -> 1536 projection of the default model): 1 row 93 -> 39 us, 16 rows 212 -> 125 us, the 49k-token LM
-head 7.2 -> 5.1 ms at 1 row and 10.1 -> 4.0 ms at 16; from ~128 rows on (prefill, scoring) the reorder
-is lost in the product and both take the same time. This is what ``torch.compile``'s CPU freezing pass does
-(inductor's mkldnn fusion: ``mkldnn._reorder_linear_weight`` once, ``mkldnn._linear_pointwise`` per call),
-here without compiling, so shapes may vary freely.
+it into its blocked layout on *every* call. In isolation (weights hot in cache) that reorder doubles the
+cost of a one-row product: 576 -> 1536 projection of the default model, 1 row 93 -> 39 us, 16 rows 212 ->
+125 us (2-core Zen 4 EPYC). Inside the model, where every step streams all 270 MB of weights from memory,
+what is left is smaller and only at a few rows: a decoding step of the default model at 1 row took 0.72-0.87x
+the time with packed weights, at 2-4 rows 0.69-1.02x, at 16 rows 0.93-0.96x (noisy, two runs), and the
+batched evaluation pass at 16 rows measured no gain (1.05-1.07x). So packs are made only for calls of at
+most ``MAX_ROWS`` rows: single requests, which is what the latency probe times and what a user waits
+(``bench/bench_generation.py``: 16 single few-shot requests 0.81x the time). This is what
+``torch.compile``'s CPU freezing pass does (inductor's mkldnn fusion: ``mkldnn._reorder_linear_weight``
+once, ``mkldnn._linear_pointwise`` per call), here without compiling, so shapes may vary freely.
 
 The product is the same oneDNN kernel on the same blocked weight: the outputs are bit-identical to
-``F.linear`` (``tests/test_packed_linear.py``), so answers do not change.
+``F.linear`` (checked once per process by ``available()``, and by ``tests/test_packed_linear.py``), so
+answers do not change.
 
-A packed copy costs the weight's size again, so packs exist only while they pay: a module packs its weight
-at its first small-row call (``MAX_ROWS``), and ``release()`` drops every pack before work that does not
-decode (adapter training), and ``suspended()`` keeps likelihood passes pack-free. Weights written in place (an
+A packed copy costs the weight's size again (256 MiB for the default model), so packs are freed before
+adapter training, and ``suspended()`` keeps likelihood passes pack-free. Weights written in place (an
 adapter merged into the base, and unmerged) are re-packed: the backend calls ``refresh`` for the weights a
 merge touches (peft writes through ``.data``, unseen by the version counter), and every call checks the
 weight's storage pointer and version counter. ``ADAPTBENCH_PACKED_LINEAR=0`` turns it off.
@@ -31,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 128  # above this the per-call reorder is a few percent of the product (measured: 1.1x at 128)
+MAX_ROWS = 4  # single requests and batches of up to 4 rows; measured in the model, see above
 _ATTR = "_adaptbench_pack"  # (storage pointer, version, packed weight) on the module
 
 
@@ -47,7 +50,7 @@ def available() -> bool:
         weight = torch.randn(96, 64, generator=gen).bfloat16()
         bias = torch.randn(96, generator=gen).bfloat16()
         packed = ops._reorder_linear_weight(weight, 1)
-        for rows in (1, 5):
+        for rows in (1, 3):
             x = torch.randn(rows, 64, generator=gen).bfloat16()
             got = ops._linear_pointwise(x, packed, bias, "none", [], "")
             if not torch.equal(got, F.linear(x, weight, bias)):
