@@ -19,7 +19,8 @@ process, one model:
   harness+stop (packed linear off), single requests [(packed off)]
                 bf16 on CPU only: the pass, and ``--single`` latency-probe-style single requests (with the
                 stop string), with and without weights packed once for oneDNN
-                (harness/backends/packed_linear.py)
+                (harness/backends/packed_linear.py); each request is sent in both arms back to back, in
+                alternating order, and the median of the per-request ratios is printed beside the sums
 
 The prefix cache is emptied before each harness arm, so every arm pays for computing its own prefixes.
 Printed: tokens, seconds, tokens/s per arm; harness/bare tokens/s (target >= 0.8); the wall-time ratio of
@@ -37,8 +38,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -103,13 +106,29 @@ def harness_pass(strategy, examples, batch_size: int) -> tuple[float, int, dict[
     return time.perf_counter() - start, tokens, texts
 
 
-def single_arm(strategy, examples, name: str, results: dict) -> None:
-    """Latency-probe-style single requests (one row each, the strategy's whole ``predict``)."""
-    strategy.predict(examples[:1])  # warm: this arm's prefix and packs, as the probe's warm-up rounds do
-    start, tokens = time.perf_counter(), 0
-    for example in examples:
-        tokens += strategy.predict([example])[0].new_tokens
-    results[name] = {"seconds": time.perf_counter() - start, "tokens": tokens}
+def single_arms(strategy, examples, packed, results: dict) -> list[float]:
+    """Latency-probe-style single requests (one row each, the strategy's whole ``predict``), each sent with
+    and without packed weights back to back, the order alternating: machine drift hits both arms alike.
+    Returns the per-request time ratios (packed / plain)."""
+    plain = functools.partial(packed.suspended, release=False)  # the packs stay: no re-packing in the timing
+    strategy.predict(examples[:1])  # warm: this strategy's prefix and the packs, as the probe's warm-up does
+    with plain():
+        strategy.predict(examples[:1])
+    arms = {"single requests": [0.0, 0], "single requests (packed off)": [0.0, 0]}
+    ratios = []
+    for i, example in enumerate(examples):
+        took = {}
+        for name in sorted(arms, reverse=i % 2 == 1):
+            with plain() if "off" in name else contextlib.nullcontext():
+                start = time.perf_counter()
+                tokens = strategy.predict([example])[0].new_tokens
+                took[name] = time.perf_counter() - start
+            arms[name][0] += took[name]
+            arms[name][1] += tokens
+        ratios.append(took["single requests"] / took["single requests (packed off)"])
+    for name, (seconds, tokens) in arms.items():
+        results[name] = {"seconds": seconds, "tokens": tokens}
+    return ratios
 
 
 def main() -> None:
@@ -199,10 +218,7 @@ def main() -> None:
     if packed is not None:
         with packed.suspended():
             unpacked_texts = harness_arm("harness+stop (packed linear off)", prefix=True)
-        singles = examples[: args.single]
-        single_arm(strategy, singles, "single requests", results)
-        with packed.suspended():
-            single_arm(strategy, singles, "single requests (packed off)", results)
+        single_ratios = single_arms(strategy, examples[: args.single], packed, results)
     for r in results.values():
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
 
@@ -224,6 +240,7 @@ def main() -> None:
             / results["harness+stop (packed linear off)"]["seconds"],
             "single_packed_on_vs_off_wall": results["single requests"]["seconds"]
             / results["single requests (packed off)"]["seconds"],
+            "single_packed_on_vs_off_median": statistics.median(single_ratios),
             "identical_answers_packed_on_off": sum(stop_texts[k] == unpacked_texts[k] for k in stop_texts)
             / len(stop_texts),
         }

@@ -82,10 +82,12 @@ class PackedLinears:
             module.forward = functools.partial(_packed_forward, module, self)
 
     @contextlib.contextmanager
-    def suspended(self) -> Iterator[None]:
-        """Plain ``F.linear`` inside (no packs made or used), every pack freed first: for passes that do not
-        decode, such as likelihood scoring, whose small calls would otherwise pack the model again."""
-        self.release()
+    def suspended(self, release: bool = True) -> Iterator[None]:
+        """Plain ``F.linear`` inside (no packs made or used), every pack freed first unless ``release`` is
+        false: for passes that do not decode, such as likelihood scoring, whose small calls would otherwise
+        pack the model again (and for benchmarks comparing both paths)."""
+        if release:
+            self.release()
         self.active, before = False, self.active
         try:
             yield
