@@ -1,6 +1,7 @@
 """Memory benchmark: peak RSS per phase of the demo, and the adapter validation pass with/without logits.
 
     python bench/bench_memory.py [--limit 16] [--strategies qlora,rag_qlora] [--skip-demo] [--onednn-lengths 60]
+                                 [--train-shapes 2x2,1x4 [--dtype float32]]
 
 1. Phases: the demo (configs/demo.yaml, fresh cache, first ``--limit`` test examples; training and index
    build do not depend on the limit) in a subprocess; peak and end-of-phase RSS per phase from
@@ -10,6 +11,8 @@
    params), in a fresh subprocess per arm: ``malloc_fixed`` (the harness default,
    ``harness.memory.return_freed_memory_to_os``) vs ``malloc_glibc`` (``ADAPTBENCH_MALLOC=0``: glibc's dynamic
    mmap threshold). Prints peak RSS, seconds per step and the ratios (the fix must not cost speed).
+   With ``--train-shapes 2x2,1x4`` the arms are instead batch size x accumulation shapes (the same sequences
+   per optimizer step; ``--dtype`` sets ``model.dtype``): loss, s/step, peak RSS and ratios to the first.
 3. Validation pass: for each adapter strategy of the demo, one ``trainer.evaluate()`` on its validation rows
    over the 4-bit training base, in a fresh subprocess per arm: ``loss_only`` (the trainer's setting,
    ``prediction_loss_only=True``) vs ``with_logits`` (the transformers default, which adds a forward pass
@@ -35,14 +38,14 @@ sys.path.insert(0, str(REPO))
 DEMO = REPO / "configs" / "demo.yaml"
 
 
-def demo_strategy(strategy_id: str, cache: Path):
+def demo_strategy(strategy_id: str, cache: Path, dtype: str = "auto"):
     """(run context, set-up strategy) of one demo strategy, with ``cache`` as the cache folder."""
     from harness import plugin
     from harness.config import load_config
     from harness.data import load_eval_set
     from harness.runner import open_context
 
-    cfg = load_config(DEMO)
+    cfg = load_config(DEMO, {"model.dtype": dtype})
     cfg.cache_dir = cache
     index = next(i for i, s in enumerate(cfg.strategies) if s.key == strategy_id)
     strategy = plugin.build(cfg.strategies[index], index)
@@ -82,8 +85,9 @@ def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
     }
 
 
-def train_worker(strategy_id: str, steps: int, cache: Path) -> dict:
-    """``steps`` optimizer steps of the strategy's trainer on its demo params; peak RSS and s/step."""
+def train_worker(strategy_id: str, steps: int, cache: Path, shape: str = "", dtype: str = "auto") -> dict:
+    """``steps`` optimizer steps of the strategy's trainer on its demo params (``shape`` "BxA": batch size x
+    accumulation steps instead of the demo's); peak RSS, s/step and the training loss."""
     import time
 
     from harness.memory import PeakMemory, return_freed_memory_to_os
@@ -92,8 +96,12 @@ def train_worker(strategy_id: str, steps: int, cache: Path) -> dict:
     from strategies.adapters.trainer import build_trainer
 
     fixed = return_freed_memory_to_os()
-    ctx, strategy = demo_strategy(strategy_id, cache)
-    params = strategy.params.model_copy(update={"max_steps": steps})
+    ctx, strategy = demo_strategy(strategy_id, cache, dtype)
+    update: dict = {"max_steps": steps}
+    if shape:
+        batch, accum = (int(x) for x in shape.split("x"))
+        update |= {"batch_size": batch, "grad_accum": accum}
+    params = strategy.params.model_copy(update=update)
     data = build_data(ctx, params, strategy.training_prompts)
     with PeakMemory(ctx.backend.device) as mem:
         loaded, quant, _ = load_training_base(ctx.backend, params)
@@ -110,11 +118,14 @@ def train_worker(strategy_id: str, steps: int, cache: Path) -> dict:
             evaluate=False,
         )
         start = time.perf_counter()
-        trainer.train()
+        loss = trainer.train().training_loss
         seconds = time.perf_counter() - start
     return {
         "strategy": strategy_id,
         "malloc_fixed": fixed,
+        "shape": f"{params.batch_size}x{params.grad_accum}",
+        "dtype": str(ctx.backend.loaded.info.dtype),
+        "loss": loss,
         "steps": steps,
         "seconds_per_step": round(seconds / steps, 2),
         "rss_before_bytes": mem.start_rss,
@@ -142,6 +153,33 @@ def train_section(strategies: list[str], steps: int) -> None:
                     f"{ratio(r, base, 'seconds_per_step'):>8}"
                 )
                 print(json.dumps({"section": "train", "arm": arm, **r}))
+
+
+def shapes_section(strategies: list[str], steps: int, shapes: list[str], dtype: str) -> None:
+    """The same optimizer steps at several batch x accumulation shapes (equal sequences per step)."""
+    print(f"\n== adapter training, {steps} steps, model.dtype {dtype}: batch x accumulation shapes ==")
+    print(
+        f"{'strategy':<12}{'shape':<8}{'loss':>9}{'s/step':>8}{'before MiB':>12}{'peak MiB':>10}{'peak x':>8}{'time x':>8}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-memory-shapes-") as cache:
+        for sid in strategies:
+            rows = {
+                shape: subprocess_json(
+                    [sys.executable, __file__, "--train-worker", sid, str(steps), cache, shape, dtype]
+                )
+                for shape in shapes
+            }
+            base = rows[shapes[0]]
+            for shape, r in rows.items():
+                if "error" in r:
+                    print(f"{sid:<12}{shape:<8} failed: {r['error']}")
+                    continue
+                print(
+                    f"{sid:<12}{shape:<8}{r['loss']:>9.5f}{r['seconds_per_step']:>8.1f}"
+                    f"{r['rss_before_bytes'] / 2**20:>12.0f}{r['peak_bytes'] / 2**20:>10.0f}"
+                    f"{ratio(r, base, 'peak_bytes'):>8}{ratio(r, base, 'seconds_per_step'):>8}"
+                )
+                print(json.dumps({"section": "shapes", **r}))
 
 
 def onednn_worker(lengths: int) -> dict:
@@ -230,11 +268,18 @@ def main() -> None:
     ap.add_argument("--onednn-lengths", type=int, default=60, help="0 skips the oneDNN cache section")
     ap.add_argument("--onednn-worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--eval-worker", nargs=3, help=argparse.SUPPRESS)
-    ap.add_argument("--train-worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--train-shapes",
+        help="e.g. 2x2,1x4: training peak and time per batch x accumulation shape (first = baseline)",
+    )
+    ap.add_argument(
+        "--dtype", default="auto", help="model.dtype for --train-shapes (float32: CPUs without bf16)"
+    )
+    ap.add_argument("--train-worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.train_worker:
-        sid, steps, cache = args.train_worker
-        print(json.dumps(train_worker(sid, int(steps), Path(cache))))
+        sid, steps, cache, *rest = args.train_worker
+        print(json.dumps(train_worker(sid, int(steps), Path(cache), *rest)))
         return
     if args.onednn_worker:
         print(json.dumps(onednn_worker(args.onednn_worker)))
@@ -256,7 +301,9 @@ def main() -> None:
         print(f"== demo phases (fresh cache, limit {args.limit}) ==")
         print_results([{"arm": "current", **res}])
 
-    if args.train_steps:
+    if args.train_shapes:
+        shapes_section(args.strategies.split(","), args.train_steps, args.train_shapes.split(","), args.dtype)
+    elif args.train_steps:
         train_section(args.strategies.split(","), args.train_steps)
     if args.onednn_lengths:
         onednn_section(args.onednn_lengths)
