@@ -135,51 +135,45 @@ def train_worker(strategy_id: str, steps: int, cache: Path, shape: str = "", dty
 
 def train_section(strategies: list[str], steps: int) -> None:
     print(f"\n== adapter training, {steps} steps: peak RSS with a fixed vs glibc's dynamic mmap threshold ==")
-    print(
-        f"{'strategy':<12}{'arm':<14}{'s/step':>8}{'before MiB':>12}{'peak MiB':>10}{'x glibc':>9}{'time x':>8}"
-    )
+    print_train_header()
     with tempfile.TemporaryDirectory(prefix="bench-memory-train-") as cache:
         for sid in strategies:
             cmd = [sys.executable, __file__, "--train-worker", sid, str(steps), cache]
             rows = env_arms(cmd, "ADAPTBENCH_MALLOC", (("malloc_glibc", "0"), ("malloc_fixed", "1")))
-            base = rows["malloc_glibc"]
-            for arm, r in rows.items():
-                if "error" in r:
-                    print(f"{sid:<12}{arm:<14} failed: {r['error']}")
-                    continue
-                print(
-                    f"{sid:<12}{arm:<14}{r['seconds_per_step']:>8.1f}{r['rss_before_bytes'] / 2**20:>12.0f}"
-                    f"{r['peak_bytes'] / 2**20:>10.0f}{ratio(r, base, 'peak_bytes'):>9}"
-                    f"{ratio(r, base, 'seconds_per_step'):>8}"
-                )
-                print(json.dumps({"section": "train", "arm": arm, **r}))
+            print_train_arms(sid, rows, "train")
 
 
 def shapes_section(strategies: list[str], steps: int, shapes: list[str], dtype: str) -> None:
     """The same optimizer steps at several batch x accumulation shapes (equal sequences per step)."""
     print(f"\n== adapter training, {steps} steps, model.dtype {dtype}: batch x accumulation shapes ==")
-    print(
-        f"{'strategy':<12}{'shape':<8}{'loss':>9}{'s/step':>8}{'before MiB':>12}{'peak MiB':>10}{'peak x':>8}{'time x':>8}"
-    )
+    print_train_header()
     with tempfile.TemporaryDirectory(prefix="bench-memory-shapes-") as cache:
         for sid in strategies:
-            rows = {
-                shape: subprocess_json(
-                    [sys.executable, __file__, "--train-worker", sid, str(steps), cache, shape, dtype]
-                )
-                for shape in shapes
-            }
-            base = rows[shapes[0]]
-            for shape, r in rows.items():
-                if "error" in r:
-                    print(f"{sid:<12}{shape:<8} failed: {r['error']}")
-                    continue
-                print(
-                    f"{sid:<12}{shape:<8}{r['loss']:>9.5f}{r['seconds_per_step']:>8.1f}"
-                    f"{r['rss_before_bytes'] / 2**20:>12.0f}{r['peak_bytes'] / 2**20:>10.0f}"
-                    f"{ratio(r, base, 'peak_bytes'):>8}{ratio(r, base, 'seconds_per_step'):>8}"
-                )
-                print(json.dumps({"section": "shapes", **r}))
+            cmd = [sys.executable, __file__, "--train-worker", sid, str(steps), cache]
+            print_train_arms(
+                sid, {shape: subprocess_json([*cmd, shape, dtype]) for shape in shapes}, "shapes"
+            )
+
+
+def print_train_header() -> None:
+    print(
+        f"{'strategy':<12}{'arm':<14}{'loss':>9}{'s/step':>8}{'before MiB':>12}{'peak MiB':>10}{'peak x':>8}{'time x':>8}"
+    )
+
+
+def print_train_arms(sid: str, rows: dict[str, dict], section: str) -> None:
+    """One line per training arm; ratios are to the first arm (the baseline)."""
+    base = next(iter(rows.values()))
+    for arm, r in rows.items():
+        if "error" in r:
+            print(f"{sid:<12}{arm:<14} failed: {r['error']}")
+            continue
+        print(
+            f"{sid:<12}{arm:<14}{r['loss']:>9.5f}{r['seconds_per_step']:>8.1f}"
+            f"{r['rss_before_bytes'] / 2**20:>12.0f}{r['peak_bytes'] / 2**20:>10.0f}"
+            f"{ratio(r, base, 'peak_bytes'):>8}{ratio(r, base, 'seconds_per_step'):>8}"
+        )
+        print(json.dumps({"section": section, "arm": arm, **r}))
 
 
 def onednn_worker(lengths: int) -> dict:
