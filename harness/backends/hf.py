@@ -159,11 +159,15 @@ class TransformersBackend:
             return
         self._unmerge()
         self.model.set_adapter(name)
+        weights = self._merged_weights(name)
         if self.loaded.info.dtype not in ("float32", "float64"):
-            self._merge_backup = [(w, w.detach().to("cpu", copy=True)) for w in self._merged_weights(name)]
+            self._merge_backup = [(w, w.detach().to("cpu", copy=True)) for w in weights]
         self.model.merge_adapter([name])
         self.merged_adapter = name
-        self._repack(name)
+        if self.packed is not None:
+            # peft merges through ``.data`` (no version bump): re-pack what it wrote now, while merging is
+            # untimed, not in the next (maybe timed) request. Unmerging does the same.
+            self.packed.refresh(weights)
 
     def unmerge_adapter(self) -> None:
         """Serve the plain base weights: a merged adapter is unmerged now (before a base request, untimed)."""
@@ -188,14 +192,9 @@ class TransformersBackend:
             with torch.no_grad():
                 for weight, saved in self.__dict__.pop("_merge_backup", []):
                     weight.copy_(saved)
-            self._repack(self.merged_adapter)
+            if self.packed is not None:
+                self.packed.refresh(self._merged_weights(self.merged_adapter))
             self.merged_adapter = None
-
-    def _repack(self, adapter: str) -> None:
-        """A merge writes the base weights through ``.data`` (no version bump): re-pack what it touched now,
-        while merging is untimed, not in the next (maybe timed) request."""
-        if self.packed is not None:
-            self.packed.refresh(self._merged_weights(adapter))
 
     def using_adapter(self, adapter: str | None):
         """Context in which the model computes with adapter ``adapter`` (``None``: the plain base)."""

@@ -8,7 +8,7 @@ what is left is smaller and only at a few rows: a decoding step of the default m
 the time with packed weights, at 2-4 rows 0.69-1.02x, at 16 rows 0.93-0.96x (noisy, two runs), and the
 batched evaluation pass at 16 rows measured no gain (1.05-1.07x). So packs are made only for calls of at
 most ``MAX_ROWS`` rows: single requests, which is what the latency probe times and what a user waits
-(``bench/bench_generation.py``: 16 single few-shot requests 0.81x the time). This is what
+(``bench/bench_generation.py``: single requests 0.81x the time with few-shot prompts, 0.85x with RAG ones). This is what
 ``torch.compile``'s CPU freezing pass does (inductor's mkldnn fusion: ``mkldnn._reorder_linear_weight``
 once, ``mkldnn._linear_pointwise`` per call), here without compiling, so shapes may vary freely.
 
@@ -94,13 +94,6 @@ class PackedLinears:
         finally:
             self.active = before
 
-    def invalidate(self, tensors: list[torch.Tensor] | None = None) -> None:
-        """Drop the packs of the modules whose weight is one of ``tensors`` (all modules when ``None``)."""
-        ids = None if tensors is None else {id(t) for t in tensors}
-        for module in self.modules:
-            if ids is None or id(module.weight) in ids:
-                module.__dict__.pop(_ATTR, None)
-
     def refresh(self, tensors: list[torch.Tensor]) -> None:
         """Re-pack now the packed modules whose weight is one of ``tensors`` (written in place, e.g. by an
         adapter merge); modules without a pack stay without one."""
@@ -111,17 +104,13 @@ class PackedLinears:
 
     def release(self) -> None:
         """Free every packed copy (they are rebuilt at the next decoding call)."""
-        self.invalidate()
+        for module in self.modules:
+            module.__dict__.pop(_ATTR, None)
 
     @property
     def packed_bytes(self) -> int:
         packs = (m.__dict__.get(_ATTR) for m in self.modules)
         return sum(p[2].numel() * p[2].element_size() for p in packs if p is not None)
-
-    def uninstall(self) -> None:
-        for module in self.modules:
-            module.__dict__.pop("forward", None)
-        self.release()
 
 
 def _packed_forward(self: torch.nn.Linear, owner: PackedLinears, x: torch.Tensor) -> torch.Tensor:
