@@ -17,11 +17,13 @@
    over the 4-bit training base, in a fresh subprocess per arm: ``loss_only`` (the trainer's setting,
    ``prediction_loss_only=True``) vs ``with_logits`` (the transformers default, which adds a forward pass
    for the full logits and keeps them for the whole validation set). Prints peak RSS and the ratio.
-4. oneDNN primitive cache (CPUs with native bf16, where ``dtype: auto`` is bf16): greedy generation of 8
+4. oneDNN / ideep caches (CPUs with native bf16, where ``dtype: auto`` is bf16): greedy generation of 8
    tokens for ``--onednn-lengths`` prompts of distinct lengths (40, 60, ... tokens), each alone, then 16
-   batches of 16 rows, in a fresh subprocess per arm: ``cache_1024`` (oneDNN's default capacity) vs
-   ``cache_128`` (the harness default, ``harness.memory.cap_onednn_primitive_cache``). Prints the resident
-   set after ``malloc_trim`` (what stays), seconds, and the ratios to ``cache_1024``.
+   batches of 16 rows, then 8 forward + backward passes of distinct lengths (training shapes), in a fresh
+   subprocess per arm: ``defaults_1024`` (oneDNN's primitive cache and ideep's ``LRU_CACHE_CAPACITY`` at their
+   default 1024), ``onednn_128`` (only oneDNN's capped at 128: the harness until the seventh session) and
+   ``harness_32`` (both at the harness default, ``harness.memory.cap_onednn_primitive_cache``). Prints the
+   resident set after ``malloc_trim`` (what stays), seconds, and the ratios to ``defaults_1024``.
 """
 
 from __future__ import annotations
@@ -139,7 +141,10 @@ def train_section(strategies: list[str], steps: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-memory-train-") as cache:
         for sid in strategies:
             cmd = [sys.executable, __file__, "--train-worker", sid, str(steps), cache]
-            rows = env_arms(cmd, "ADAPTBENCH_MALLOC", (("malloc_glibc", "0"), ("malloc_fixed", "1")))
+            rows = env_arms(
+                cmd,
+                (("malloc_glibc", {"ADAPTBENCH_MALLOC": "0"}), ("malloc_fixed", {"ADAPTBENCH_MALLOC": "1"})),
+            )
             print_train_arms(sid, rows, "train")
 
 
@@ -202,39 +207,62 @@ def onednn_worker(lengths: int) -> dict:
         for rows, width in shapes:
             ids = torch.randint(100, 40000, (rows, width), generator=gen)
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for w in weights:
+        w.requires_grad_(True)
+    for i in range(8):  # training shapes: every sequence length is a new forward and backward shape
+        ids = torch.randint(100, 40000, (1, 300 + 37 * i), generator=gen)
+        model(input_ids=ids, labels=ids).loss.backward()
+    for w in weights:
+        w.grad = None
+        w.requires_grad_(False)
     seconds = time.perf_counter() - start
     release_free_heap()
     return {"rss_before_bytes": before, "rss_after_bytes": proc.memory_info().rss, "seconds": seconds}
 
 
 def onednn_section(lengths: int) -> None:
-    print(f"\n== oneDNN primitive cache: {lengths} prompt lengths alone + 16 batches of 16 (8 new tokens) ==")
     print(
-        f"{'arm':<12}{'seconds':>9}{'before MiB':>12}{'after MiB':>11}{'kept MiB':>10}{'x 1024':>8}{'time x':>8}"
+        f"\n== oneDNN / ideep caches: {lengths} prompt lengths alone + 16 batches of 16 (8 new tokens)"
+        " + 8 training shapes =="
+    )
+    print(
+        f"{'arm':<15}{'seconds':>9}{'before MiB':>12}{'after MiB':>11}{'kept MiB':>10}{'x 1024':>8}{'time x':>8}"
     )
     cmd = [sys.executable, __file__, "--onednn-worker", str(lengths)]
-    rows = env_arms(cmd, "ONEDNN_PRIMITIVE_CACHE_CAPACITY", (("cache_1024", "1024"), ("cache_128", "128")))
+    from harness.memory import IDEEP_CACHE_ENV as lru
+    from harness.memory import ONEDNN_CACHE_CAPACITY
+    from harness.memory import ONEDNN_CACHE_ENV as dnnl
+
+    rows = env_arms(
+        cmd,
+        (
+            ("defaults_1024", {lru: "1024", dnnl: "1024"}),
+            ("onednn_128", {lru: "1024", dnnl: "128"}),
+            ("harness_32", {lru: str(ONEDNN_CACHE_CAPACITY), dnnl: str(ONEDNN_CACHE_CAPACITY)}),
+        ),
+    )
     for r in rows.values():
         if "rss_after_bytes" in r:
             r["kept_bytes"] = r["rss_after_bytes"] - r["rss_before_bytes"]
-    base = rows["cache_1024"]
+    base = rows["defaults_1024"]
     for arm, r in rows.items():
         if "error" in r or "skipped" in r:
-            print(f"{arm:<12} {r.get('error') or r.get('skipped')}")
+            print(f"{arm:<15} {r.get('error') or r.get('skipped')}")
             continue
         print(
-            f"{arm:<12}{r['seconds']:>9.1f}{r['rss_before_bytes'] / 2**20:>12.0f}{r['rss_after_bytes'] / 2**20:>11.0f}"
+            f"{arm:<15}{r['seconds']:>9.1f}{r['rss_before_bytes'] / 2**20:>12.0f}{r['rss_after_bytes'] / 2**20:>11.0f}"
             f"{r['kept_bytes'] / 2**20:>10.0f}{ratio(r, base, 'kept_bytes'):>8}{ratio(r, base, 'seconds'):>8}"
         )
         print(json.dumps({"section": "onednn", "arm": arm, **r}))
 
 
-def env_arms(cmd: list[str], var: str, arms: tuple[tuple[str, str], ...]) -> dict[str, dict]:
-    """Run ``cmd`` once per arm in a fresh interpreter with ``var`` set to the arm's value (process-wide
+def env_arms(cmd: list[str], arms: tuple[tuple[str, dict[str, str]], ...]) -> dict[str, dict]:
+    """Run ``cmd`` once per arm in a fresh interpreter with the arm's environment variables set (process-wide
     settings, such as malloc's or oneDNN's, cannot be switched back inside one process)."""
     import os
 
-    return {arm: subprocess_json(cmd, env={**os.environ, var: value}) for arm, value in arms}
+    return {arm: subprocess_json(cmd, env={**os.environ, **env}) for arm, env in arms}
 
 
 def ratio(row: dict, base: dict, key: str) -> str:

@@ -174,28 +174,38 @@ def release_free_heap() -> bool:
 
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 ONEDNN_CACHE_ENVS = (ONEDNN_CACHE_ENV, "DNNL_PRIMITIVE_CACHE_CAPACITY")  # oneDNN reads either spelling
-ONEDNN_CACHE_CAPACITY = 128
+IDEEP_CACHE_ENV = "LRU_CACHE_CAPACITY"  # ideep's cache of matmul computations (pytorch/pytorch#27971)
+ONEDNN_CACHE_CAPACITY = 32
 
 
 def cap_onednn_primitive_cache(capacity: int = ONEDNN_CACHE_CAPACITY) -> bool:
-    """Keep at most ``capacity`` oneDNN primitives cached (default 1024); True if this call set it.
+    """Keep at most ``capacity`` shapes in each of the two caches PyTorch's CPU bf16 ``linear`` fills
+    (both default to 1024); True if this call set either.
 
-    On CPUs with native bf16, PyTorch runs bf16 ``linear`` through oneDNN, which builds and caches one
-    primitive per input shape. Every prefill of a new prompt length, and every training step's forward and
-    backward, is a new shape: 150 shapes of the default model's four projection sizes kept 378 MiB resident
-    with the default capacity and 210 MiB with 128 (after ``malloc_trim``; ``tests/test_onednn_cache.py``),
-    and the bf16 demo's peak fell from 2,959 to 2,546 MiB (``bench/bench_demo.py``) at the same speed
-    (``bench/bench_memory.py``, oneDNN section). The shapes that repeat, a decoding step's, are far fewer
-    than 128, so they stay cached.
-    oneDNN reads the variable when it first builds a primitive: call this before the model's first bf16
-    matmul (``load_model`` does). A value already in the environment (either spelling) wins.
+    On CPUs with native bf16, PyTorch runs bf16 ``linear`` through ideep/oneDNN, which builds one
+    computation per input shape and keeps it twice: oneDNN's primitive cache
+    (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and ideep's own LRU of matmul computations
+    (``LRU_CACHE_CAPACITY``, which PyTorch exposes for this leak-like growth: pytorch/pytorch#27971).
+    Every prefill of a new prompt length, and every training step's forward and backward, is a new shape.
+    150 new shapes of the default model's four projection sizes, forward and backward, kept 614 MiB
+    resident with both defaults, 317 MiB with only oneDNN's capped at 128 (this function until the seventh
+    session) and 14 MiB with both at 32 (after ``malloc_trim``; ``tests/test_onednn_cache.py``). In the
+    bf16 demo that memory sat under adapter training and scoring (docs/benchmarks.md). The shapes that
+    repeat, a decoding step's and a training step's own layers, are far fewer than 32, so they stay cached:
+    the evaluation pass ran at the same speed.
+    Both libraries read their variable when they first build a computation: call this before the model's
+    first bf16 matmul (``load_model`` does). A value already in the environment (either spelling) wins.
     """
     import os
 
-    if any(name in os.environ for name in ONEDNN_CACHE_ENVS):
-        return False
-    os.environ[ONEDNN_CACHE_ENV] = str(capacity)
-    return True
+    applied = False
+    if not any(name in os.environ for name in ONEDNN_CACHE_ENVS):
+        os.environ[ONEDNN_CACHE_ENV] = str(capacity)
+        applied = True
+    if IDEEP_CACHE_ENV not in os.environ:
+        os.environ[IDEEP_CACHE_ENV] = str(capacity)
+        applied = True
+    return applied
 
 
 @contextlib.contextmanager
