@@ -1,8 +1,8 @@
 """RAG + QLoRA: an adapter trained on retrieval-augmented prompts (RAFT-style, with distractors), served with RAG.
 
-Training prompts are built with the same template, system prompt and chunk budget as test prompts, from the
-knowledge base as it was at training time (``kb/``, without the ``kb_updates/`` overlay, so contexts agree with
-the reference answers). With probability ``raft_p_gold`` the context holds a chunk of a gold document (the best
+Training prompts are built with the same template, system prompt, chunk budget and context compression
+(``context_sentences``) as test prompts, from the knowledge base as it was at training time (``kb/``, without
+the ``kb_updates/`` overlay, so contexts agree with the reference answers). With probability ``raft_p_gold`` the context holds a chunk of a gold document (the best
 ranked one, swapped in for the last retrieved chunk if retrieval missed it); otherwise it holds only
 distractors, which teaches the model to answer from memory when retrieval fails and to prefer the context when
 it is right. At test time the regular RAG retriever (with ``kb_updates`` applied) supplies the context.
@@ -80,7 +80,7 @@ class RagQLoRAStrategy(AdapterStrategy, RagStrategy):
         pool_k = min(self._train_retriever.n_chunks, max(4 * k, 32))
         pools = self._train_retriever.search([r["question"] for r in rows], pool_k)
         rng = random.Random(f"{self.ctx.seed}:{split}")
-        out: list[tuple[Prompt, str]] = []
+        contexts: list[list[RetrievedChunk]] = []
         n_gold = 0
         for row, pool in zip(rows, pools, strict=True):
             if split == "train":
@@ -92,6 +92,13 @@ class RagQLoRAStrategy(AdapterStrategy, RagStrategy):
                 chunks = pool[:k]
                 has_gold = any(c.doc_id in set(row.get("context_ids") or []) for c in chunks)
             n_gold += has_gold
+            contexts.append(chunks)
+        if self.params.context_sentences:  # compressed as at test time (RagStrategy.context_for)
+            contexts = self._train_retriever.select_sentences(
+                [r["question"] for r in rows], contexts, self.params.context_sentences
+            )
+        out: list[tuple[Prompt, str]] = []
+        for row, chunks in zip(rows, contexts, strict=True):
             prompt, _ = build_rag_prompt(
                 self.ctx.backend,
                 self.params.system_prompt,

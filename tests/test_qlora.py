@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from harness import plugin as registry
 from harness.cli import main
-from harness.config import load_config
+from harness.config import StrategySpec, load_config
 from harness.data import load_eval_set
 from harness.rundir import load_predictions
 from harness.runner import open_context, run
@@ -197,3 +197,28 @@ def test_rag_qlora_hybrid_on_toy_set(write_config, tmp_path):
     assert next(p for p in preds if p["example_id"] == "te-6")["extra"]["retrieved"][0]["doc_id"] == "returns"
     rows = json.loads((result.run_dir / "scores.json").read_text())["strategies"]["rag_qlora"]["per_example"]
     assert all(r["recall_at_k"] is not None and r["faithfulness"] is not None for r in rows.values())
+
+
+@pytest.mark.parametrize("sentences", [None, 1])
+def test_rag_qlora_trains_on_the_context_it_is_tested_with(write_config, tmp_path, sentences):
+    """Training prompts get the same context compression (``context_sentences``) as test prompts: a
+    validation prompt (plain top-k, as at test time) equals the test-time prompt built from the same
+    retriever."""
+    spec = {"name": "rag+qlora", "id": "rag_qlora", "top_k": 2, "context_sentences": sentences, **FAST}
+    cfg, ctx = _ctx(write_config, tmp_path, [spec])
+    strategy = registry.build(cfg.strategies[0], 0)
+    strategy.setup(ctx)
+    rows = list(ctx.eval_set.split("validation"))
+    prompts = strategy.training_prompts(rows, "validation")
+    strategy.retriever = strategy._train_retriever  # the KB as of training time, for the comparison
+    for row, (prompt, answer) in zip(rows, prompts, strict=True):
+        assert answer == row["answer"]
+        assert prompt == strategy.build_prompt(row)[0]
+    if sentences:
+        full = registry.build(StrategySpec(**{**spec, "context_sentences": None}), 0)
+        full.setup(ctx)
+        whole = full.training_prompts(rows, "validation")
+        assert all(
+            len(p[-1]["content"]) < len(w[-1]["content"])
+            for (p, _), (w, _) in zip(prompts, whole, strict=True)
+        )
