@@ -7,7 +7,9 @@ Each arm runs the demo in its own subprocess (so peak memory is its own) into a 
 ``--cache fresh`` (default) uses an empty cache folder: model conversion, index build and adapter training
 all happen, as on a first run; ``warm`` uses the user cache (adapters and index reused). Phases come from
 ``manifest["phases"]`` (``harness.phases``): load, prepare (with index and train inside it), generate,
-latency_probe, score, report; nested phases overlap their parent.
+latency_probe, score, report; nested phases overlap their parent. Per phase: wall seconds, peak and end RSS,
+and ``held MiB``: what malloc had handed out and not taken back at the phase end (glibc; RSS minus it is free
+memory the allocator keeps, or files mapped), which tells a leak from fragmentation.
 
 Arms: ``current`` is the code and config as they are; ``fp32`` the same with ``model.dtype: float32`` (the
 precision ``dtype: auto`` picks on CPUs without native bf16); ``legacy`` turns off the evaluation-pass
@@ -104,17 +106,21 @@ def print_results(results: list[dict]) -> None:
         return
     names = [p for p in ORDER if any(p in r["phases"] for r in ok)]
     names += sorted({p for r in ok for p in r["phases"]} - set(names))
-    print(f"{'phase':<15}" + "".join(f"{r['arm'] + ' s':>14}{'peak MiB':>10}{'end MiB':>9}" for r in ok))
+    print(
+        f"{'phase':<15}"
+        + "".join(f"{r['arm'] + ' s':>14}{'peak MiB':>10}{'end MiB':>9}{'held MiB':>10}" for r in ok)
+    )
     for name in names:
         row = f"{name:<15}"
         for r in ok:
             p = r["phases"].get(name, {})
             secs = f"{p['seconds']:.1f}" if p else "-"
             row += f"{secs:>14}{mib(p.get('peak_rss_bytes')):>10}{mib(p.get('end_rss_bytes')):>9}"
+            row += f"{mib(p.get('end_heap_in_use_bytes')):>10}"
         print(row)
     print(
         f"{'TOTAL wall':<15}"
-        + "".join(f"{r['wall_seconds']:>14.1f}{mib(r['process_peak_rss_bytes']):>10}{'':>9}" for r in ok)
+        + "".join(f"{r['wall_seconds']:>14.1f}{mib(r['process_peak_rss_bytes']):>10}{'':>19}" for r in ok)
     )
     bases = [r for r in ok if r["arm"] in ("fp32", "legacy")]
     for r in ok:

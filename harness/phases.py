@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from harness.memory import RssSampler
+from harness.memory import RssSampler, heap_in_use_bytes
 
 _TOTALS: dict[str, dict[str, Any]] = {}
 
@@ -42,8 +42,12 @@ def phase(name: str) -> Iterator[None]:
         entry["calls"] += 1
         entry["peak_rss_bytes"] = max(entry["peak_rss_bytes"], int(peak))
         entry["end_rss_bytes"] = int(psutil.Process().memory_info().rss)  # what the phase left behind
+        held = heap_in_use_bytes()  # of which malloc'd and still held (glibc); the rest is free or mapped
+        if held is not None:
+            entry["end_heap_in_use_bytes"] = held
 
 
 def totals() -> dict[str, dict[str, Any]]:
-    """``{phase: {"seconds", "calls", "peak_rss_bytes", "end_rss_bytes"}}`` in the order phases were first finished."""
+    """``{phase: {"seconds", "calls", "peak_rss_bytes", "end_rss_bytes"[, "end_heap_in_use_bytes"]}}`` in the
+    order phases were first finished."""
     return {name: dict(entry) for name, entry in _TOTALS.items()}

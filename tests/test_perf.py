@@ -1,15 +1,17 @@
 """Performance mechanics on the tiny model: length-sorted batches leave answers and files unchanged,
-stop strings end rows inside ``generate``, the training copy is freed, a batch's queries are encoded once."""
+stop strings end rows inside ``generate``, the training copy is freed, a batch's queries are encoded once,
+phases record what malloc still holds."""
 
 from __future__ import annotations
 
 import gc
 import json
+import sys
 import weakref
 
 import pytest
 
-from harness import batching, phases
+from harness import batching, memory, phases
 from harness import plugin as registry
 from harness.backends.base import cut_at_stop
 from harness.backends.hf import TransformersBackend
@@ -173,3 +175,26 @@ def test_rag_batch_encodes_its_questions_once(write_config, tmp_path):
     assert len(answers) == 4
     # One call for the batch's questions (search and sentence selection share it), one for sentences.
     assert sum(b == questions for b in batches) == 1 and len(batches) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallinfo2 is glibc's")
+def test_phase_records_what_malloc_still_holds_at_its_end():
+    """``end_heap_in_use_bytes`` counts memory held past a phase (a cache, a leak), which RSS alone does not
+    tell from free memory the allocator keeps."""
+    if memory.heap_in_use_bytes() is None:
+        pytest.skip("glibc without mallinfo2 (< 2.33)")
+    phases.reset()
+    with phases.phase("light"):
+        pass
+    held = []
+    with phases.phase("holds"):
+        held.append(bytearray(64 << 20))  # malloc'd by Python, kept past the phase
+    totals = phases.totals()
+    grew = totals["holds"]["end_heap_in_use_bytes"] - totals["light"]["end_heap_in_use_bytes"]
+    assert 60 << 20 <= grew < 80 << 20
+    held.clear()
+    with phases.phase("freed"):
+        pass
+    assert phases.totals()["freed"]["end_heap_in_use_bytes"] < totals["holds"]["end_heap_in_use_bytes"] - (
+        60 << 20
+    )
