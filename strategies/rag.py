@@ -122,11 +122,13 @@ class RagStrategy(PromptedStrategy):
         questions: list[str],
         hits: list[list[RetrievedChunk]],
         query_vectors: Any = None,
+        retriever: Retriever | None = None,
     ) -> list[list[RetrievedChunk]]:
         """What goes into the prompt for each question: the retrieved chunks, or (with
-        ``context_sentences``) their sentences most similar to the question."""
+        ``context_sentences``) their sentences most similar to the question. ``retriever``: whose embedder
+        selects them (default: the test-time retriever; rag+qlora's training prompts pass their own)."""
         if self.params.context_sentences:
-            return self.retriever.select_sentences(
+            return (retriever or self.retriever).select_sentences(
                 questions, hits, self.params.context_sentences, query_vectors
             )
         return [list(h) for h in hits]

@@ -2,10 +2,11 @@
 
 Training prompts are built with the same template, system prompt, chunk budget and context compression
 (``context_sentences``) as test prompts, from the knowledge base as it was at training time (``kb/``, without
-the ``kb_updates/`` overlay, so contexts agree with the reference answers). With probability ``raft_p_gold`` the context holds a chunk of a gold document (the best
-ranked one, swapped in for the last retrieved chunk if retrieval missed it); otherwise it holds only
-distractors, which teaches the model to answer from memory when retrieval fails and to prefer the context when
-it is right. At test time the regular RAG retriever (with ``kb_updates`` applied) supplies the context.
+the ``kb_updates/`` overlay, so contexts agree with the reference answers). With probability ``raft_p_gold``
+the context holds a chunk of a gold document (the best ranked one, swapped in for the last retrieved chunk if
+retrieval missed it); otherwise it holds only distractors, which teaches the model to answer from memory when
+retrieval fails and to prefer the context when it is right. At test time the regular RAG retriever (with
+``kb_updates`` applied) supplies the context.
 """
 
 from __future__ import annotations
@@ -93,10 +94,8 @@ class RagQLoRAStrategy(AdapterStrategy, RagStrategy):
                 has_gold = any(c.doc_id in set(row.get("context_ids") or []) for c in chunks)
             n_gold += has_gold
             contexts.append(chunks)
-        if self.params.context_sentences:  # compressed as at test time (RagStrategy.context_for)
-            contexts = self._train_retriever.select_sentences(
-                [r["question"] for r in rows], contexts, self.params.context_sentences
-            )
+        # Compressed (context_sentences) as at test time.
+        contexts = self.context_for([r["question"] for r in rows], contexts, retriever=self._train_retriever)
         out: list[tuple[Prompt, str]] = []
         for row, chunks in zip(rows, contexts, strict=True):
             prompt, _ = build_rag_prompt(
