@@ -17,6 +17,7 @@ import resource
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 
@@ -144,14 +145,20 @@ def return_freed_memory_to_os() -> bool:
     return _mallopt_threshold(MMAP_THRESHOLD_BYTES)
 
 
-def _glibc(call: str, *args: int) -> bool:
-    """Call a glibc malloc tuning function; False off Linux or on a libc without it (musl)."""
+def _glibc_function(name: str) -> Any | None:
+    """glibc's function ``name`` through ctypes, or ``None`` off Linux or on a libc without it (musl)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        return bool(getattr(ctypes.CDLL("libc.so.6"), call)(*args))
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
-        return False
+        return None
+
+
+def _glibc(call: str, *args: int) -> bool:
+    """Call a glibc malloc tuning function; False where there is none (``_glibc_function``)."""
+    fn = _glibc_function(call)
+    return bool(fn(*args)) if fn is not None else False
 
 
 def _mallopt_threshold(value: int) -> bool:
@@ -187,11 +194,8 @@ def heap_in_use_bytes() -> int | None:
     the seventh session found ~420 MiB in use after adapter training that no tensor held (ideep's cache of
     matmul computations, see ``cap_onednn_primitive_cache``). The phase log records it at every phase end.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    fn = _glibc_function("mallinfo2")
+    if fn is None:
         return None
     fn.restype = _MallInfo2
     info = fn()
