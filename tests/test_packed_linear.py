@@ -23,7 +23,7 @@ def bf16_linear(seed: int = 0, bias: bool = True) -> torch.nn.Sequential:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_small_calls_are_packed_and_bit_identical(bias):
+def test_inference_calls_are_packed_and_bit_identical(bias):
     model = bf16_linear(bias=bias)
     layer = model[0]
     packed = packed_linear.install(model)
@@ -35,7 +35,8 @@ def test_small_calls_are_packed_and_bit_identical(bias):
         torch.randn(3, 64, generator=gen).bfloat16(),  # a small batch's step
         torch.randn(2, 2, 64, generator=gen).bfloat16(),  # [batch, positions, hidden]
         torch.randn(1, 1, 64, generator=gen).bfloat16(),
-        torch.randn(16, 64, generator=gen).bfloat16(),  # more rows than MAX_ROWS: the plain product
+        torch.randn(16, 64, generator=gen).bfloat16(),  # a batch of 16 rows' step
+        torch.randn(4, 300, 64, generator=gen).bfloat16(),  # a batched prefill: 1,200 rows
         wide.transpose(1, 2),  # not contiguous: the plain product
     ]
     with torch.inference_mode():
@@ -44,15 +45,24 @@ def test_small_calls_are_packed_and_bit_identical(bias):
     assert packed.packed_bytes == layer.weight.numel() * 2  # one pack, reused by every call
 
 
-def test_large_calls_and_training_use_the_plain_product():
+def test_batched_steps_and_prefills_use_the_pack():
+    """Packs pay at every row count (docs in packed_linear.py): a 16-row step or a prefill alone packs."""
+    for x in (torch.randn(16, 64).bfloat16(), torch.randn(4, 300, 64).bfloat16()):
+        model = bf16_linear()
+        packed = packed_linear.install(model)
+        with torch.inference_mode():
+            assert torch.equal(model(x), F.linear(x, model[0].weight, model[0].bias))
+        assert packed.packed_bytes == model[0].weight.numel() * 2
+
+
+def test_training_uses_the_plain_product():
     model = bf16_linear()
     packed = packed_linear.install(model)
-    x = torch.randn(packed_linear.MAX_ROWS + 1, 64).bfloat16()
-    with torch.inference_mode():
-        assert torch.equal(model(x), F.linear(x, model[0].weight, model[0].bias))
-    assert packed.packed_bytes == 0  # prefill-sized calls gain nothing from a pack: none is made
     model(torch.randn(2, 64).bfloat16()).float().sum().backward()  # grad mode: differentiable path
     assert model[0].weight.grad is not None and packed.packed_bytes == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        model(torch.randn(2, 64).bfloat16())  # autocast (adapter training's evaluation): plain too
+    assert packed.packed_bytes == 0
 
 
 def test_weights_written_in_place_are_repacked():

@@ -100,8 +100,8 @@ class TransformersBackend:
         self.exact_logits = lm_head.install(
             self.model, exact=os.environ.get("ADAPTBENCH_EXACT_LOGITS", "") != "0"
         )
-        # bf16 linears on CPU compute decoding steps from weights packed once for oneDNN instead of at every
-        # call (harness/backends/packed_linear.py; bit-identical). Off with the static cache (compiled).
+        # bf16 linears on CPU generate (prefill and decoding steps) from weights packed once for oneDNN instead
+        # of at every call (harness/backends/packed_linear.py; bit-identical). Off with the static cache (compiled).
         self.packed = (
             packed_linear.install(self.model) if self.device == "cpu" and not self.static_cache else None
         )

@@ -1,16 +1,18 @@
-"""Single-request decoding with bf16 weights packed once for oneDNN, on CPU.
+"""Decoding with bf16 weights packed once for oneDNN, on CPU.
 
 Why: PyTorch's CPU ``linear`` in bf16 hands the weight to oneDNN in its plain layout, and oneDNN reorders
 it into its blocked layout on *every* call. In isolation (weights hot in cache) that reorder doubles the
 cost of a one-row product: 576 -> 1536 projection of the default model, 1 row 93 -> 39 us, 16 rows 212 ->
-125 us (2-core Zen 4 EPYC). Inside the model, where every step streams all 270 MB of weights from memory,
-what is left is smaller and only at a few rows: a decoding step of the default model at 1 row took 0.72-0.87x
-the time with packed weights, at 2-4 rows 0.69-1.02x, at 16 rows 0.93-0.96x (noisy, two runs), and the
-batched evaluation pass at 16 rows measured no gain (1.05-1.07x). So packs are made only for calls of at
-most ``MAX_ROWS`` rows: single requests, which is what the latency probe times and what a user waits
-(``bench/bench_generation.py``: single requests 0.81x the time with few-shot prompts, 0.85x with RAG ones). This is what
-``torch.compile``'s CPU freezing pass does (inductor's mkldnn fusion: ``mkldnn._reorder_linear_weight``
-once, ``mkldnn._linear_pointwise`` per call), here without compiling, so shapes may vary freely.
+125 us (2-core Zen 4 EPYC). Inside the model every step streams all 270 MB of weights from memory, and the
+reorder reads and writes each weight once more. Measured in the default model (eighth session, one
+process, decoding steps of the same batch with and without packs, interleaved, identical tokens): 0.85x
+the time per step at 1 row, 0.76x at 4, 0.78x at 8, **0.77x at 16** (46.8 vs 60.6 ms), 0.80x at 32. The
+30 layers' products alone, weights cold: 0.65x at 16 rows, and never slower up to 4,096 rows (prefill
+sizes, 0.91-0.98x), so every inference call packs: single requests, batched decoding steps and prefills.
+(The sixth session packed only calls of at most 4 rows: its in-model comparison at 16 rows fell within
+that VM's 25% arm-to-arm noise.) This is what ``torch.compile``'s CPU freezing pass does (inductor's mkldnn
+fusion: ``mkldnn._reorder_linear_weight`` once, ``mkldnn._linear_pointwise`` per call), here without
+compiling, so shapes may vary freely.
 
 The product is the same oneDNN kernel on the same blocked weight: the outputs are bit-identical to
 ``F.linear`` (checked once per process by ``available()``, and by ``tests/test_packed_linear.py``), so
@@ -34,7 +36,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 4  # single requests and batches of up to 4 rows; measured in the model, see above
 _ATTR = "_adaptbench_pack"  # (storage pointer, version, packed weight) on the module
 
 
@@ -50,7 +51,7 @@ def available() -> bool:
         weight = torch.randn(96, 64, generator=gen).bfloat16()
         bias = torch.randn(96, generator=gen).bfloat16()
         packed = ops._reorder_linear_weight(weight, 1)
-        for rows in (1, 3):
+        for rows in (1, 3, 40):  # a decoding step, a small batch, a prefill
             x = torch.randn(rows, 64, generator=gen).bfloat16()
             got = ops._linear_pointwise(x, packed, bias, "none", [], "")
             if not torch.equal(got, F.linear(x, weight, bias)):
@@ -65,7 +66,7 @@ def enabled_by_env() -> bool:
 
 
 class PackedLinears:
-    """The plain bf16 ``nn.Linear`` modules of a CPU model, computing small-row calls from packed weights."""
+    """The plain bf16 ``nn.Linear`` modules of a CPU model, computing inference calls from packed weights."""
 
     def __init__(self, model: torch.nn.Module):
         self.modules: list[torch.nn.Linear] = [
@@ -84,7 +85,7 @@ class PackedLinears:
     @contextlib.contextmanager
     def suspended(self, release: bool = True) -> Iterator[None]:
         """Plain ``F.linear`` inside (no packs made or used), every pack freed first unless ``release`` is
-        false: for passes that do not decode, such as likelihood scoring, whose small calls would otherwise
+        false: for passes that do not decode, such as likelihood scoring, whose calls would otherwise
         pack the model again (and for benchmarks comparing both paths)."""
         if release:
             self.release()
@@ -122,7 +123,6 @@ def _packed_forward(self: torch.nn.Linear, owner: PackedLinears, x: torch.Tensor
         or x.device.type != "cpu"
         or torch.is_grad_enabled()  # the packed op has no backward
         or torch.is_autocast_enabled("cpu")
-        or x.numel() > MAX_ROWS * x.shape[-1]
         or not x.is_contiguous()  # F.linear would round before adding the bias there: not the same numbers
     ):
         return F.linear(x, weight, self.bias)
@@ -133,7 +133,8 @@ def _packed_forward(self: torch.nn.Linear, owner: PackedLinears, x: torch.Tensor
 
 
 def _pack(weight: torch.Tensor) -> tuple[int, int, torch.Tensor]:
-    """(storage pointer, version, weight in oneDNN's blocked layout for one-row products)."""
+    """(storage pointer, version, weight in oneDNN's blocked layout; the row hint only picks the
+    layout, and calls of any row count use it: measured above)."""
     return weight.data_ptr(), weight._version, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
 
 
