@@ -12,7 +12,8 @@
    ``harness.memory.return_freed_memory_to_os``) vs ``malloc_glibc`` (``ADAPTBENCH_MALLOC=0``: glibc's dynamic
    mmap threshold). Prints peak RSS, seconds per step and the ratios (the fix must not cost speed).
    With ``--train-shapes 2x2,1x4`` the arms are instead batch size x accumulation shapes (the same sequences
-   per optimizer step; ``--dtype`` sets ``model.dtype``): loss, s/step, peak RSS and ratios to the first.
+   per optimizer step; ``--dtype`` sets ``model.dtype``; a shape may end in ``:gc`` or ``:nogc``, gradient
+   checkpointing on or off): loss, s/step, peak RSS and ratios to the first.
 3. Validation pass: for each adapter strategy of the demo, one ``trainer.evaluate()`` on its validation rows
    over the 4-bit training base, in a fresh subprocess per arm: ``loss_only`` (the trainer's setting,
    ``prediction_loss_only=True``) vs ``with_logits`` (the transformers default, which adds a forward pass
@@ -62,14 +63,28 @@ def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
     from harness.memory import PeakMemory
     from strategies.adapters.data import build_data
     from strategies.adapters.quantized import load_training_base, prepare_for_training
-    from strategies.adapters.trainer import build_trainer
+    from strategies.adapters.trainer import build_trainer, with_checkpointing
 
     ctx, strategy = demo_strategy(strategy_id, cache)
     params = strategy.params
     data = build_data(ctx, params, strategy.training_prompts)
     loaded, quant, _ = load_training_base(ctx.backend, params)
-    model = prepare_for_training(loaded.model, quant, params)
-    trainer = build_trainer(model, loaded.tokenizer, params, data, ctx.backend.device, cache / "ckpt", 0, arm)
+    model = prepare_for_training(
+        loaded.model,
+        quant,
+        with_checkpointing(params, ctx.backend.device, loaded.info.dtype).gradient_checkpointing,
+    )
+    trainer = build_trainer(
+        model,
+        loaded.tokenizer,
+        params,
+        data,
+        ctx.backend.device,
+        cache / "ckpt",
+        0,
+        arm,
+        dtype=loaded.info.dtype,
+    )
     trainer.args.prediction_loss_only = arm == "loss_only"
     with PeakMemory(ctx.backend.device) as mem:
         start = time.perf_counter()
@@ -89,25 +104,30 @@ def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
 
 def train_worker(strategy_id: str, steps: int, cache: Path, shape: str = "", dtype: str = "auto") -> dict:
     """``steps`` optimizer steps of the strategy's trainer on its demo params (``shape`` "BxA": batch size x
-    accumulation steps instead of the demo's); peak RSS, s/step and the training loss."""
+    accumulation steps instead of the demo's, optionally ":gc" / ":nogc" for gradient checkpointing on / off);
+    peak RSS, s/step and the training loss."""
     import time
 
     from harness.memory import PeakMemory, return_freed_memory_to_os
     from strategies.adapters.data import build_data
     from strategies.adapters.quantized import load_training_base, prepare_for_training
-    from strategies.adapters.trainer import build_trainer
+    from strategies.adapters.trainer import build_trainer, with_checkpointing
 
     fixed = return_freed_memory_to_os()
     ctx, strategy = demo_strategy(strategy_id, cache, dtype)
     update: dict = {"max_steps": steps}
     if shape:
-        batch, accum = (int(x) for x in shape.split("x"))
+        dims, _, checkpointing = shape.partition(":")
+        batch, accum = (int(x) for x in dims.split("x"))
         update |= {"batch_size": batch, "grad_accum": accum}
+        if checkpointing:
+            update["gradient_checkpointing"] = {"gc": True, "nogc": False}[checkpointing]
     params = strategy.params.model_copy(update=update)
     data = build_data(ctx, params, strategy.training_prompts)
     with PeakMemory(ctx.backend.device) as mem:
         loaded, quant, _ = load_training_base(ctx.backend, params)
-        model = prepare_for_training(loaded.model, quant, params)
+        params = with_checkpointing(params, ctx.backend.device, loaded.info.dtype)  # decide "auto" here
+        model = prepare_for_training(loaded.model, quant, params.gradient_checkpointing)
         trainer = build_trainer(
             model,
             loaded.tokenizer,
@@ -118,6 +138,7 @@ def train_worker(strategy_id: str, steps: int, cache: Path, shape: str = "", dty
             0,
             "bench",
             evaluate=False,
+            dtype=loaded.info.dtype,
         )
         start = time.perf_counter()
         loss = trainer.train().training_loss
@@ -125,7 +146,8 @@ def train_worker(strategy_id: str, steps: int, cache: Path, shape: str = "", dty
     return {
         "strategy": strategy_id,
         "malloc_fixed": fixed,
-        "shape": f"{params.batch_size}x{params.grad_accum}",
+        "shape": f"{params.batch_size}x{params.grad_accum}"
+        + ("" if params.gradient_checkpointing else " nogc"),
         "dtype": str(ctx.backend.loaded.info.dtype),
         "loss": loss,
         "steps": steps,
@@ -292,7 +314,8 @@ def main() -> None:
     ap.add_argument("--eval-worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument(
         "--train-shapes",
-        help="e.g. 2x2,1x4: training peak and time per batch x accumulation shape (first = baseline)",
+        help="e.g. 2x2,1x4 or 4x2:gc,4x2:nogc: training peak and time per batch x accumulation shape, with or"
+        " without gradient checkpointing (first = baseline)",
     )
     ap.add_argument(
         "--dtype", default="auto", help="model.dtype for --train-shapes (float32: CPUs without bf16)"

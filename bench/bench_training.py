@@ -127,7 +127,7 @@ def worker(arm: str, args) -> dict:
         if arm == "baseline":
             trainer = baseline_trainer(loaded, params, data, device, Path(out))
         else:
-            model = prepare_for_training(loaded.model, quant, params)
+            model = prepare_for_training(loaded.model, quant, params.gradient_checkpointing)
             trainer = build_trainer(
                 model, loaded.tokenizer, params, data, device, Path(out), 0, arm, evaluate=False,
                 dtype=loaded.info.dtype,

@@ -57,6 +57,7 @@ def test_qlora_trains_4bit_loss_decreases_and_cache_hits(write_config, tmp_path,
     assert any(type(m).__name__ == "Linear4bit" for m in qmodel.modules())
 
     assert rec["quantization"] == "4bit" and rec["fallback_reason"] is None and rec["device"] == "cpu"
+    assert rec["gradient_checkpointing"] is True  # the setting in effect, recorded
     assert rec["steps"] == 6 and rec["tokens_seen"] > 0 and rec["tokens_per_s"] > 0
     assert 0 < rec["step_seconds"] <= rec["train_seconds"]  # tokens/s counts optimizer steps only
     assert 0 < rec["trainable_share"] < 1 and rec["trainable_params"] > 0

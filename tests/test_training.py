@@ -120,6 +120,31 @@ def test_train_params_defaults_and_errors():
         registry.build(StrategySpec(name="rag+qlora", adapter_path="/nonexistent/adapter"), 0, "c.yaml")
 
 
+def test_gradient_checkpointing_auto_is_off_only_for_bf16_training_on_cpu():
+    from strategies.adapters.trainer import with_checkpointing
+
+    auto = TrainParams(gradient_checkpointing="auto")
+    decided = {
+        (device, dtype): with_checkpointing(auto, device, dtype).gradient_checkpointing
+        for device in ("cpu", "cuda")
+        for dtype in ("bfloat16", "float32")
+    }
+    # CPU fp32: activations twice bf16's size (the demo's 3 GB budget); GPU: memory is the limit for 7-8B.
+    assert decided == {
+        ("cpu", "bfloat16"): False,
+        ("cpu", "float32"): True,
+        ("cuda", "bfloat16"): True,
+        ("cuda", "float32"): True,
+    }
+    for explicit in (True, False):  # an explicit setting is kept everywhere
+        params = TrainParams(gradient_checkpointing=explicit)
+        assert with_checkpointing(params, "cpu", "bfloat16").gradient_checkpointing is explicit
+    from harness.config import StrategySpec
+
+    with pytest.raises(ConfigError, match=r"strategies\[0\].gradient_checkpointing"):
+        registry.build(StrategySpec(name="qlora", gradient_checkpointing="sometimes"), 0, "c.yaml")
+
+
 def test_adapter_path_must_be_a_peft_folder(tmp_path):
     from harness.config import StrategySpec
 

@@ -32,7 +32,11 @@ class TrainParams(Params):
     max_seq_length: int = Field(512, ge=32, description="tokens per training sequence")
     packing: bool = False
     packing_strategy: Literal["bfd", "wrapped"] = "bfd"
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        True,
+        description="recompute activations in the backward pass (less memory, slower); auto = off where "
+        "training computes in bf16 on a CPU, on elsewhere",
+    )
     optimizer: Literal["auto", "adamw_torch", "paged_adamw_8bit", "adamw_8bit"] = Field(
         "auto", description="auto = paged_adamw_8bit on CUDA, adamw_torch on CPU"
     )

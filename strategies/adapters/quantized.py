@@ -63,8 +63,9 @@ def keep_4bit_layers_differentiable(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def prepare_for_training(model: Any, quantization: str, params: TrainParams) -> Any:
-    """``prepare_model_for_kbit_training`` for a 4-bit base (norms in fp32, frozen base, checkpointing)."""
+def prepare_for_training(model: Any, quantization: str, checkpointing: bool) -> Any:
+    """``prepare_model_for_kbit_training`` for a 4-bit base (norms in fp32, frozen base, and gradient
+    checkpointing when ``checkpointing``: the resolved setting, ``trainer.with_checkpointing``)."""
     if quantization != "4bit":
         return model
     from peft import prepare_model_for_kbit_training
@@ -72,6 +73,6 @@ def prepare_for_training(model: Any, quantization: str, params: TrainParams) -> 
     keep_4bit_layers_differentiable(model)
     return prepare_model_for_kbit_training(
         model,
-        use_gradient_checkpointing=params.gradient_checkpointing,
+        use_gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )

@@ -79,6 +79,20 @@ def compute_dtype_name(device: str, dtype: str) -> str:
     return "bfloat16" if flags["bf16"] else "float16" if flags["fp16"] else "float32"
 
 
+def with_checkpointing(params: TrainParams, device: str, dtype: str) -> TrainParams:
+    """``params`` with ``gradient_checkpointing: auto`` decided for this device and base dtype.
+
+    ``auto`` turns recomputation off only where training computes in bf16 on a CPU. Measured on the demo's
+    adapters (docs/benchmarks.md, eighth session): there it costs 1.2-1.4x the training time, and without it
+    activations add ~530 MiB at qlora's peak; in fp32 they are twice that size (qlora 1,930 -> 2,634 MiB,
+    rag+qlora 2,890 -> 4,524 MiB at 4 x 2), which breaks a 3 GB budget, and a GPU's memory is the limit for
+    the 7-8B models users train there. Either way the losses are the same (recomputation is exact)."""
+    if params.gradient_checkpointing != "auto":
+        return params
+    checkpoint = not (device == "cpu" and compute_dtype_name(device, dtype) == "bfloat16")
+    return params.model_copy(update={"gradient_checkpointing": checkpoint})
+
+
 def optimizer_name(params: TrainParams, device: str) -> str:
     if params.optimizer != "auto":
         return params.optimizer
@@ -140,6 +154,7 @@ def build_trainer(
     """The trl ``SFTTrainer`` for ``params``; ``evaluate=False`` (benchmarks) skips validation passes.
 
     ``dtype``: the base's load dtype (``ModelInfo.dtype``), which sets the mixed precision."""
+    params = with_checkpointing(params, device, dtype)
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback
 
@@ -322,14 +337,16 @@ def _train_once(
         ):
             load_start = time.perf_counter()
             loaded, quant, fallback = load_training_base(backend, params)
-            model, tokenizer = prepare_for_training(loaded.model, quant, params), loaded.tokenizer
+            dtype = loaded.info.dtype
+            checkpointing = with_checkpointing(params, device, dtype).gradient_checkpointing
+            model = prepare_for_training(loaded.model, quant, checkpointing)
+            tokenizer = loaded.tokenizer
             load_seconds = time.perf_counter() - load_start
             log.info(
                 "%s: training LoRA r=%d on %s (%s base) with %d sequences (%d KB chunks), %d validation",
                 label, params.r, device, "4-bit NF4" if quant == "4bit" else "full-precision",
                 len(data.train), data.kb_chunks, len(data.validation),
             )  # fmt: skip
-            dtype = loaded.info.dtype
             trainer = build_trainer(
                 model, tokenizer, params, data, device, tmp / "checkpoints", ctx.seed, label, dtype=dtype
             )
@@ -367,6 +384,7 @@ def _train_once(
             "base_dtype": dtype,
             "compute_dtype": compute_dtype_name(device, dtype),
             "optimizer": optimizer_name(params, device),
+            "gradient_checkpointing": checkpointing,
             "params": params.model_dump(mode="json", include=set(TRAIN_KEYS)),
             "seed": ctx.seed,
             "world_size": distributed.world_size(),
