@@ -57,34 +57,32 @@ def demo_strategy(strategy_id: str, cache: Path, dtype: str = "auto"):
     return ctx, strategy
 
 
+def demo_trainer(ctx, params, data, cache: Path, label: str, evaluate: bool = True):
+    """(trainer, params with ``auto`` decided) as the harness builds them: the training base (4-bit for
+    QLoRA), gradient checkpointing as configured, the base's mixed precision."""
+    from strategies.adapters.quantized import load_training_base, prepare_for_training
+    from strategies.adapters.trainer import build_trainer, with_checkpointing
+
+    loaded, quant, _ = load_training_base(ctx.backend, params)
+    params = with_checkpointing(params, ctx.backend.device, loaded.info.dtype)
+    model = prepare_for_training(loaded.model, quant, params.gradient_checkpointing)
+    trainer = build_trainer(
+        model, loaded.tokenizer, params, data, ctx.backend.device, cache / "ckpt", 0, label,
+        evaluate=evaluate, dtype=loaded.info.dtype,
+    )  # fmt: skip
+    return trainer, params
+
+
 def eval_worker(strategy_id: str, arm: str, cache: Path) -> dict:
     import time
 
     from harness.memory import PeakMemory
     from strategies.adapters.data import build_data
-    from strategies.adapters.quantized import load_training_base, prepare_for_training
-    from strategies.adapters.trainer import build_trainer, with_checkpointing
 
     ctx, strategy = demo_strategy(strategy_id, cache)
     params = strategy.params
     data = build_data(ctx, params, strategy.training_prompts)
-    loaded, quant, _ = load_training_base(ctx.backend, params)
-    model = prepare_for_training(
-        loaded.model,
-        quant,
-        with_checkpointing(params, ctx.backend.device, loaded.info.dtype).gradient_checkpointing,
-    )
-    trainer = build_trainer(
-        model,
-        loaded.tokenizer,
-        params,
-        data,
-        ctx.backend.device,
-        cache / "ckpt",
-        0,
-        arm,
-        dtype=loaded.info.dtype,
-    )
+    trainer, _ = demo_trainer(ctx, params, data, cache, arm)
     trainer.args.prediction_loss_only = arm == "loss_only"
     with PeakMemory(ctx.backend.device) as mem:
         start = time.perf_counter()
@@ -110,8 +108,6 @@ def train_worker(strategy_id: str, steps: int, cache: Path, shape: str = "", dty
 
     from harness.memory import PeakMemory, return_freed_memory_to_os
     from strategies.adapters.data import build_data
-    from strategies.adapters.quantized import load_training_base, prepare_for_training
-    from strategies.adapters.trainer import build_trainer, with_checkpointing
 
     fixed = return_freed_memory_to_os()
     ctx, strategy = demo_strategy(strategy_id, cache, dtype)
@@ -125,21 +121,7 @@ def train_worker(strategy_id: str, steps: int, cache: Path, shape: str = "", dty
     params = strategy.params.model_copy(update=update)
     data = build_data(ctx, params, strategy.training_prompts)
     with PeakMemory(ctx.backend.device) as mem:
-        loaded, quant, _ = load_training_base(ctx.backend, params)
-        params = with_checkpointing(params, ctx.backend.device, loaded.info.dtype)  # decide "auto" here
-        model = prepare_for_training(loaded.model, quant, params.gradient_checkpointing)
-        trainer = build_trainer(
-            model,
-            loaded.tokenizer,
-            params,
-            data,
-            ctx.backend.device,
-            cache / "ckpt",
-            0,
-            "bench",
-            evaluate=False,
-            dtype=loaded.info.dtype,
-        )
+        trainer, params = demo_trainer(ctx, params, data, cache, "bench", evaluate=False)
         start = time.perf_counter()
         loss = trainer.train().training_loss
         seconds = time.perf_counter() - start
