@@ -363,3 +363,25 @@ def test_select_sentences_picks_the_answering_sentence(toy, tmp_path):
     two = retriever.select_sentences(questions, hits, 2)
     assert [len(x) for x in two] == [2, 2] and two[0][0].score >= two[0][1].score
     assert all(source_chunk_id(p.chunk_id) in {h.chunk_id for h in hits[0]} for p in two[0])
+
+
+def test_select_sentences_embeds_each_sentence_once(toy, tmp_path, monkeypatch):
+    """The sentences of chunks retrieved again (another batch, another request) are not embedded again,
+    and the memoised vectors select what fresh ones do."""
+    retriever = Retriever.build(toy.current_documents(), RetrievalParams(), tmp_path)
+    questions = ["How long does a full battery charge take?", "When is chat support open?"]
+    hits = retriever.search(questions, 3)
+    embedded: list[str] = []
+    real = retriever.embed_texts
+    monkeypatch.setattr(retriever, "embed_texts", lambda texts: embedded.extend(texts) or real(texts))
+    first = retriever.select_sentences(questions, hits, 2)
+    sentences = {p.text for row in hits for chunk in row for p in split_sentences(chunk)}
+    assert set(embedded) == sentences | set(questions)  # each once: sentences and the questions
+    embedded.clear()
+    again = retriever.select_sentences(questions[:1], hits[:1], 2)  # a later batch: only its question
+    assert embedded == questions[:1]
+    assert [p.text for p in again[0]] == [p.text for p in first[0]]
+    fresh = Retriever.build(toy.current_documents(), RetrievalParams(), tmp_path)  # no memo
+    assert [[p.text for p in row] for row in fresh.select_sentences(questions, hits, 2)] == [
+        [p.text for p in row] for row in first
+    ]

@@ -97,6 +97,9 @@ def set_search_knobs(index: Any, params: RetrievalParams) -> None:
 
 
 # -- retriever ---------------------------------------------------------------------------------------
+SENTENCE_MEMO_MAX = 50_000  # sentence vectors kept per retriever (~75 MB at MiniLM's 384 dims)
+
+
 class Retriever:
     """Dense retriever over chunks of a knowledge base (sentence-transformers + faiss).
 
@@ -113,6 +116,7 @@ class Retriever:
         self.doc_hashes: dict[str, str] = {}  # doc_id -> doc_hash() of the indexed version
         self.next_id = max(chunks, default=-1) + 1
         self.info: dict[str, Any] = {}
+        self._sentence_vectors: dict[str, np.ndarray] = {}  # embed_sentences' memo
         set_search_knobs(index, params)
 
     # -- construction --------------------------------------------------------------------------
@@ -326,7 +330,28 @@ class Retriever:
         to it (same embedding model), best first, as ``RetrievedChunk`` pieces with ids
         ``<chunk_id>.s<n>`` and document offsets. Questions whose chunks have no sentences keep the chunks.
         """
-        return select_sentences(self.embed_texts, questions, hits, n, query_vectors)
+        if query_vectors is None:
+            query_vectors = self.embed_queries(questions)
+        return select_sentences(self.embed_sentences, questions, hits, n, query_vectors)
+
+    def embed_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """``embed_texts`` for knowledge-base sentences, each embedded once per retriever (memoised by text).
+
+        Context compression embeds the sentences of every retrieved chunk, and the same chunks come back
+        for many questions: rag+qlora's training prompts, each batch of the evaluation pass and each
+        latency-probe request embedded them again (~30 s of MiniLM in the demo). A served system embeds its
+        knowledge base's sentences once, as it does its chunks; the memo reaches that state lazily, so a
+        huge KB is not embedded sentence by sentence up front. Keyed by text, it stays right when KB updates
+        add or remove chunks; it is emptied when it would pass ``SENTENCE_MEMO_MAX`` entries."""
+        memo = self._sentence_vectors
+        missing = [t for t in dict.fromkeys(texts) if t not in memo]
+        if missing:
+            if len(memo) + len(missing) > SENTENCE_MEMO_MAX:
+                memo.clear()
+            memo.update(zip(missing, self.embed_texts(missing), strict=True))
+        if not texts:
+            return self.embed_texts([])
+        return np.stack([memo[t] for t in texts])
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[RetrievedChunk]]:
         faiss = require_module("faiss", "RAG retrieval")
