@@ -84,9 +84,10 @@ def with_checkpointing(params: TrainParams, device: str, dtype: str) -> TrainPar
 
     ``auto`` turns recomputation off only where training computes in bf16 on a CPU. Measured on the demo's
     adapters (docs/benchmarks.md, eighth session): there it costs 1.2-1.4x the training time, and without it
-    activations add ~530 MiB at qlora's peak; in fp32 they are twice that size (qlora 1,930 -> 2,634 MiB,
-    rag+qlora 2,890 -> 4,524 MiB at 4 x 2), which breaks a 3 GB budget, and a GPU's memory is the limit for
-    the 7-8B models users train there. Either way the losses are the same (recomputation is exact)."""
+    activations add ~550 MiB at qlora's peak; in fp32 they are twice that size (qlora 1,779 -> 2,655 MiB in
+    the bench worker, about 3.1 GB in the demo process), which breaks the demo's 3 GB budget, and a GPU's
+    memory is the limit for the 7-8B models users train there. Either way the losses are the same
+    (recomputation is exact)."""
     if params.gradient_checkpointing != "auto":
         return params
     checkpoint = not (device == "cpu" and compute_dtype_name(device, dtype) == "bfloat16")
