@@ -1,4 +1,4 @@
-"""Decoding with bf16 weights packed once for oneDNN, on CPU.
+"""Generation (prefill and decoding) with bf16 weights packed once for oneDNN, on CPU.
 
 Why: PyTorch's CPU ``linear`` in bf16 hands the weight to oneDNN in its plain layout, and oneDNN reorders
 it into its blocked layout on *every* call. In isolation (weights hot in cache) that reorder doubles the

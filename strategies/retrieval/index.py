@@ -343,14 +343,14 @@ class Retriever:
         knowledge base's sentences once, as it does its chunks; the memo reaches that state lazily, so a
         huge KB is not embedded sentence by sentence up front. Keyed by text, it stays right when KB updates
         add or remove chunks; it is emptied when it would pass ``SENTENCE_MEMO_MAX`` entries."""
+        if not texts:
+            return self.embed_texts([])
         memo = self._sentence_vectors
         missing = [t for t in dict.fromkeys(texts) if t not in memo]
         if missing:
             if len(memo) + len(missing) > SENTENCE_MEMO_MAX:
                 memo.clear()
             memo.update(zip(missing, self.embed_texts(missing), strict=True))
-        if not texts:
-            return self.embed_texts([])
         return np.stack([memo[t] for t in texts])
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[RetrievedChunk]]:
