@@ -16,11 +16,14 @@ process, one model:
   harness+stop (prefix cache off)
                 the same with the backend's shared-prefix KV cache off (ADAPTBENCH_PREFIX_CACHE=0): the
                 gain of reusing the system prompt + demonstrations' keys and values across batches
-  harness+stop (packed linear off), single requests [(packed off)]
+  harness+stop (packed linear off), single requests (packed on|off)
                 bf16 on CPU only: the pass, and ``--single`` latency-probe-style single requests (with the
                 stop string), with and without weights packed once for oneDNN
                 (harness/backends/packed_linear.py); each request is sent in both arms back to back, in
                 alternating order, and the median of the per-request ratios is printed beside the sums
+  single requests (decode attention on|off)
+                CPU only: the same single requests with and without the attention of unmasked decoding
+                steps (harness/backends/decode_attention.py; ``bare`` runs without it)
 
 The prefix cache is emptied before each harness arm, so every arm pays for computing its own prefixes.
 Printed: tokens, seconds, tokens/s per arm; harness/bare tokens/s (target >= 0.8); the wall-time ratio of
@@ -106,26 +109,26 @@ def harness_pass(strategy, examples, batch_size: int) -> tuple[float, int, dict[
     return time.perf_counter() - start, tokens, texts
 
 
-def single_arms(strategy, examples, packed, results: dict) -> list[float]:
+def single_arms(strategy, examples, off, label: str, results: dict) -> list[float]:
     """Latency-probe-style single requests (one row each, the strategy's whole ``predict``), each sent with
-    and without packed weights back to back, the order alternating: machine drift hits both arms alike.
-    Returns the per-request time ratios (packed / plain)."""
-    plain = functools.partial(packed.suspended, release=False)  # the packs stay: no re-packing in the timing
+    and without a speed-up (``off()`` turns it off) back to back, the order alternating: machine drift hits
+    both arms alike. Returns the per-request time ratios (on / off)."""
     strategy.predict(examples[:1])  # warm: this strategy's prefix and the packs, as the probe's warm-up does
-    with plain():
+    with off():
         strategy.predict(examples[:1])
-    arms = {"single requests": [0.0, 0], "single requests (packed off)": [0.0, 0]}
+    on_name, off_name = f"single requests ({label} on)", f"single requests ({label} off)"
+    arms = {on_name: [0.0, 0], off_name: [0.0, 0]}
     ratios = []
     for i, example in enumerate(examples):
         took = {}
         for name in sorted(arms, reverse=i % 2 == 1):
-            with plain() if "off" in name else contextlib.nullcontext():
+            with off() if name == off_name else contextlib.nullcontext():
                 start = time.perf_counter()
                 tokens = strategy.predict([example])[0].new_tokens
                 took[name] = time.perf_counter() - start
             arms[name][0] += took[name]
             arms[name][1] += tokens
-        ratios.append(took["single requests"] / took["single requests (packed off)"])
+        ratios.append(took[on_name] / took[off_name])
     for name, (seconds, tokens) in arms.items():
         results[name] = {"seconds": seconds, "tokens": tokens}
     return ratios
@@ -150,6 +153,7 @@ def main() -> None:
     import torch
 
     from harness import plugin
+    from harness.backends import decode_attention
     from harness.backends.base import cut_at_stop
     from harness.backends.hf import TransformersBackend
     from harness.backends.loading import cache_root, load_model
@@ -208,7 +212,12 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     packed = backend.packed  # None unless bf16 on CPU (harness/backends/packed_linear.py)
-    with packed.suspended() if packed is not None else contextlib.nullcontext():  # plain transformers
+    plain = [decode_attention.suspended(loaded.model)]
+    if packed is not None:
+        plain.append(packed.suspended())
+    with contextlib.ExitStack() as stack:  # plain transformers
+        for ctx in plain:
+            stack.enter_context(ctx)
         s, t, bare_texts = bare_pass(loaded, texts, args.batch_size, args.max_new_tokens)
     results["bare"] = {"seconds": s, "tokens": t}
     harness_arm("harness", prefix=True)
@@ -218,7 +227,13 @@ def main() -> None:
     if packed is not None:
         with packed.suspended():
             unpacked_texts = harness_arm("harness+stop (packed linear off)", prefix=True)
-        single_ratios = single_arms(strategy, examples[: args.single], packed, results)
+        keep_packs = functools.partial(packed.suspended, release=False)  # no re-packing in the timing
+        single_ratios = single_arms(strategy, examples[: args.single], keep_packs, "packed", results)
+    if backend.decode_attention:
+        attention = functools.partial(decode_attention.suspended, loaded.model)
+        attention_ratios = single_arms(
+            strategy, examples[: args.single], attention, "decode attention", results
+        )
     for r in results.values():
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
 
@@ -238,11 +253,17 @@ def main() -> None:
         summary |= {
             "packed_on_vs_off_wall": results["harness+stop"]["seconds"]
             / results["harness+stop (packed linear off)"]["seconds"],
-            "single_packed_on_vs_off_wall": results["single requests"]["seconds"]
+            "single_packed_on_vs_off_wall": results["single requests (packed on)"]["seconds"]
             / results["single requests (packed off)"]["seconds"],
             "single_packed_on_vs_off_median": statistics.median(single_ratios),
             "identical_answers_packed_on_off": sum(stop_texts[k] == unpacked_texts[k] for k in stop_texts)
             / len(stop_texts),
+        }
+    if backend.decode_attention:
+        summary |= {
+            "single_attention_on_vs_off_wall": results["single requests (decode attention on)"]["seconds"]
+            / results["single requests (decode attention off)"]["seconds"],
+            "single_attention_on_vs_off_median": statistics.median(attention_ratios),
         }
     prompt_tokens = [backend.count_tokens(x) for x in texts]
     print(

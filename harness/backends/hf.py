@@ -20,7 +20,7 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from harness.backends import lm_head, packed_linear, register_backend
+from harness.backends import decode_attention, lm_head, packed_linear, register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
 from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
 from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
@@ -105,6 +105,12 @@ class TransformersBackend:
         self.packed = (
             packed_linear.install(self.model) if self.device == "cpu" and not self.static_cache else None
         )
+        # Decoding steps without a mask (single requests, unpadded batches) on CPU run sdpa with the query
+        # heads of each key/value head packed as rows, not its slower grouped-query kernel
+        # (harness/backends/decode_attention.py). Off with the static cache (compiled).
+        self.decode_attention = (
+            decode_attention.install(self.model) if self.device == "cpu" and not self.static_cache else False
+        )
 
     @classmethod
     def open(cls, model_cfg: ModelConfig, cache_dir: Path) -> TransformersBackend:
@@ -118,6 +124,7 @@ class TransformersBackend:
             "prefix_cache": self.prefix_cache is not None,
             "exact_top_logits": self.exact_logits,
             "packed_linear": self.packed is not None,
+            "decode_attention": self.decode_attention,
         }
 
     # -- prompts -------------------------------------------------------------------------------
