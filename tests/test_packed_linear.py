@@ -162,6 +162,37 @@ def test_adapter_merges_repack_before_the_request(bf16_backend, tiny_model_dir, 
     assert len(packs) == at_unmerge
 
 
+def test_switching_merged_adapters_repacks_each_weight_once(
+    bf16_backend, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The probe alternates two merged adapters: unmerging one and merging the other write the same
+    weights, so they are re-packed once (after the merge), and the request then packs nothing."""
+    from peft import LoraConfig, get_peft_model
+
+    backend, prompt = bf16_backend, [[{"role": "user", "content": "Where is my order"}]]
+    params = GenerationConfig(max_new_tokens=8)
+    for seed, name in ((1, "a"), (2, "b")):
+        torch.manual_seed(seed)
+        donor = load_model(ModelConfig(id=str(tiny_model_dir), dtype="bfloat16"), tmp_path / name).model
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        get_peft_model(donor, lora).save_pretrained(tmp_path / f"adapter-{name}")
+        backend.load_adapter(str(tmp_path / f"adapter-{name}"), name)
+    with backend.packed.suspended(release=False):  # the reference: plain products, adapter merged
+        backend.merge_adapter("b")
+        want = backend.generate(prompt, params, adapter="b").generations
+    backend.merge_adapter("a")
+    backend.generate(prompt, params, adapter="a")
+    packs: list[int] = []
+    real = packed_linear._pack
+    monkeypatch.setattr(packed_linear, "_pack", lambda w: packs.append(1) or real(w))
+    backend.merge_adapter("b")
+    written = {id(w) for w in backend._merged_weights("a") + backend._merged_weights("b")}
+    touched = [m for m in backend.packed.modules if id(m.weight) in written]
+    assert touched and len(packs) == len(touched)  # once each, not once per unmerge and once per merge
+    assert backend.generate(prompt, params, adapter="b").generations == want
+    assert len(packs) == len(touched)
+
+
 def test_switch_off(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPTBENCH_PACKED_LINEAR", "0")
     backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype="bfloat16"), tmp_path))

@@ -164,7 +164,7 @@ class TransformersBackend:
         """
         if self.merged_adapter == name:
             return
-        self._unmerge()
+        unmerged = self._unmerge(refresh=False)  # re-packed below, once with what the merge writes
         self.model.set_adapter(name)
         weights = self._merged_weights(name)
         if self.loaded.info.dtype not in ("float32", "float64"):
@@ -174,7 +174,7 @@ class TransformersBackend:
         if self.packed is not None:
             # peft merges through ``.data`` (no version bump): re-pack what it wrote now, while merging is
             # untimed, not in the next (maybe timed) request. Unmerging does the same.
-            self.packed.refresh(weights)
+            self.packed.refresh(unmerged + weights)
 
     def unmerge_adapter(self) -> None:
         """Serve the plain base weights: a merged adapter is unmerged now (before a base request, untimed)."""
@@ -193,15 +193,20 @@ class TransformersBackend:
                 out += [t for t in (base.weight, getattr(base, "bias", None)) if t is not None]
         return out
 
-    def _unmerge(self) -> None:
-        if self.merged_adapter is not None:
-            self.model.unmerge_adapter()
-            with torch.no_grad():
-                for weight, saved in self.__dict__.pop("_merge_backup", []):
-                    weight.copy_(saved)
-            if self.packed is not None:
-                self.packed.refresh(self._merged_weights(self.merged_adapter))
-            self.merged_adapter = None
+    def _unmerge(self, refresh: bool = True) -> list[torch.Tensor]:
+        """Give the base weights back; returns the weights written. ``refresh=False`` leaves their packs
+        stale for the caller to re-pack (a merge of another adapter right after: one re-pack, not two)."""
+        if self.merged_adapter is None:
+            return []
+        self.model.unmerge_adapter()
+        with torch.no_grad():
+            for weight, saved in self.__dict__.pop("_merge_backup", []):
+                weight.copy_(saved)
+        written = self._merged_weights(self.merged_adapter)
+        if self.packed is not None and refresh:
+            self.packed.refresh(written)
+        self.merged_adapter = None
+        return written
 
     def using_adapter(self, adapter: str | None):
         """Context in which the model computes with adapter ``adapter`` (``None``: the plain base)."""
