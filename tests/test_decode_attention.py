@@ -40,34 +40,40 @@ def test_packed_heads_give_grouped_query_attention(dtype, tol, batch, q_heads, k
         assert not torch.allclose(reference(query, *wrong), reference(query, key, value), atol=tol)
 
 
-@pytest.fixture()
-def fp32_backend(tiny_model_dir, tmp_path) -> TransformersBackend:
+def randomised_backend(tiny_model_dir, tmp_path, dtype: str) -> TransformersBackend:
     """The tiny model (4 query heads over 2 key/value heads) with weights large enough that its greedy
     answers differ by prompt."""
-    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype="float32"), tmp_path))
+    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype=dtype), tmp_path))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in backend.model.named_parameters():
             if "norm" not in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    backend.prefix_cache = None  # a prefix computed alone rounds differently in bf16; not what is tested
     return backend
 
 
 PROMPTS = [[{"role": "user", "content": q}] for q in ("What?", "Where is my order", "Hi", "Battery size")]
 
 
-def test_only_unmasked_decoding_steps_take_it(fp32_backend, monkeypatch):
-    backend = fp32_backend
-    assert backend.describe()["decode_attention"] is True
-    assert backend.model.config._attn_implementation == decode_attention.NAME
-    calls: list[tuple[int, ...]] = []
+@pytest.fixture()
+def calls(monkeypatch) -> list[tuple[int, ...]]:
+    """The query shapes of the steps this attention computed."""
+    seen: list[tuple[int, ...]] = []
     real = decode_attention.decode_attention
 
     def spy(query, key, value, scaling=None):
-        calls.append(tuple(query.shape))
+        seen.append(tuple(query.shape))
         return real(query, key, value, scaling)
 
     monkeypatch.setattr(decode_attention, "decode_attention", spy)
+    return seen
+
+
+def test_only_unmasked_bf16_decoding_steps_take_it(tiny_model_dir, tmp_path, calls):
+    backend = randomised_backend(tiny_model_dir, tmp_path, "bfloat16")
+    assert backend.describe()["decode_attention"] is True
+    assert backend.model.config._attn_implementation == decode_attention.NAME
     params = GenerationConfig(max_new_tokens=5, stop=[])
     backend.generate([PROMPTS[1]], params)  # one request: no mask
     assert calls and all(shape[0] == 1 and shape[2] == 1 for shape in calls)  # steps, not the prefill
@@ -78,21 +84,29 @@ def test_only_unmasked_decoding_steps_take_it(fp32_backend, monkeypatch):
     assert calls == []
     backend.completion_nll([PROMPTS[1]], ["It ships tomorrow."])  # a likelihood pass: no decoding step
     assert calls == []
+    fp32 = randomised_backend(tiny_model_dir, tmp_path, "float32")
+    fp32.generate([PROMPTS[1]], params)  # fp32: the grouped-query kernel is the faster one there
+    assert calls == []
 
 
-def test_greedy_answers_and_logits_match_sdpa(fp32_backend):
-    backend, model = fp32_backend, fp32_backend.model
+def test_greedy_answers_and_logits_match_sdpa(tiny_model_dir, tmp_path, calls, monkeypatch):
+    """In fp32 (here made eligible) the packed heads give sdpa's greedy answers and logits to rounding."""
+    monkeypatch.setattr(decode_attention, "DTYPES", (torch.float32,))
+    backend = randomised_backend(tiny_model_dir, tmp_path, "float32")
+    model = backend.model
     params = GenerationConfig(max_new_tokens=12, stop=[])
     ours = [backend.generate([p], params).generations[0] for p in PROMPTS]
     ids = backend.tokenizer(["Where is my order"], return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         first = model(input_ids=ids, use_cache=True)
         step = model(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits
-    model.set_attn_implementation("sdpa")
-    theirs = [backend.generate([p], params).generations[0] for p in PROMPTS]
-    with torch.inference_mode():
-        first = model(input_ids=ids, use_cache=True)
-        plain = model(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits
+    assert calls, "the decoding steps must have taken the packed path"
+    with decode_attention.suspended(model):
+        theirs = [backend.generate([p], params).generations[0] for p in PROMPTS]
+        with torch.inference_mode():
+            first = model(input_ids=ids, use_cache=True)
+            plain = model(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits
+    assert model.config._attn_implementation == decode_attention.NAME  # given back after suspended()
     assert len({g.text for g in ours}) == 4, "the model must answer each prompt differently"
     assert [g.text for g in ours] == [g.text for g in theirs]
     assert torch.allclose(step, plain, atol=1e-5, rtol=0)

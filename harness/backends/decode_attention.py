@@ -6,16 +6,18 @@ flash kernel runs that several times slower than the same attention with the que
 key/value head packed as its query rows, which is what transformers itself does when a mask is present
 (``pack_gqa``). Measured on the default model's shapes (9 query heads over 3 key/value heads, head size
 64, bf16; 2-core Zen 4 EPYC), one layer: 1 row x 560 cached tokens 0.45 -> 0.09 ms, 16 x 560 6.23 ->
-1.11 ms, 1 x 60 0.060 -> 0.025 ms. In the model, decoding steps interleaved in one process: 1 row over
-a 560-token RAG prompt 48.8 -> 38.3 ms per token (0.79x), 16 unpadded rows over 300 tokens 184 -> 83 ms
-(0.45x). Steps with a mask (padded batches) already take the packed path and are left to transformers.
+1.11 ms, 1 x 60 0.060 -> 0.025 ms; fp16 0.52x at 1 x 560; fp32 not (1.08-1.14x: there the grouped-query
+call is the fast one, so fp32 steps are left alone). In the model, decoding steps interleaved in one
+process: 1 row over a 560-token RAG prompt 48.8 -> 38.3 ms per token (0.79x), 16 unpadded rows over 300
+tokens 184 -> 83 ms (0.45x). Steps with a mask (padded batches) already take the packed path and are
+left to transformers.
 
 Numbers: the same flash kernel on the same keys and values, grouped differently; not bit-identical to the
 ``enable_gqa`` call (whose numbers a masked step never had either), so a greedy answer may flip at a
 near-tie.
 
-Where: only unmasked decoding steps (``q_len == 1``) of a model on CPU whose attention is ``sdpa``, with
-grouped-query heads and no attention bias, soft-capping, sinks or dropout; every other call (prefills,
+Where: only unmasked bf16/fp16 decoding steps (``q_len == 1``) of a model on CPU whose attention is
+``sdpa``, with grouped-query heads and no attention bias, soft-capping, sinks or dropout; every other call (prefills,
 masked steps, likelihood passes, training) goes to transformers' ``sdpa`` function unchanged. Installed
 through transformers' ``AttentionInterface`` (a registered implementation with the same mask function as
 ``sdpa``), so it works for every model that follows that interface. ``ADAPTBENCH_DECODE_ATTENTION=0``
@@ -35,6 +37,8 @@ import torch
 log = logging.getLogger(__name__)
 
 NAME = "adaptbench_sdpa"  # contains "sdpa": transformers checks the model supports sdpa before switching
+# Where the grouped-query kernel is the slow one: in fp32 it is not (packing measured 1.08-1.14x its time).
+DTYPES = (torch.bfloat16, torch.float16)
 
 
 def enabled_by_env() -> bool:
@@ -73,6 +77,7 @@ def attention_forward(
         query.shape[2] == 1
         and attention_mask is None
         and query.device.type == "cpu"
+        and query.dtype in DTYPES
         and query.shape[1] > key.shape[1]
         and not dropout
         and kwargs.get("position_bias") is None
