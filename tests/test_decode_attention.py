@@ -10,6 +10,7 @@ from harness.backends import decode_attention
 from harness.backends.hf import TransformersBackend
 from harness.backends.loading import load_model
 from harness.config import GenerationConfig, ModelConfig
+from tests.support.tiny_model import randomised_backend
 
 
 def reference(query, key, value, scaling=None):
@@ -38,19 +39,6 @@ def test_packed_heads_give_grouped_query_attention(dtype, tol, batch, q_heads, k
     if kv_heads > 1:  # a head grouping in the other order (h % kv_heads) is a different attention
         wrong = key.repeat(1, q_heads // kv_heads, 1, 1), value.repeat(1, q_heads // kv_heads, 1, 1)
         assert not torch.allclose(reference(query, *wrong), reference(query, key, value), atol=tol)
-
-
-def randomised_backend(tiny_model_dir, tmp_path, dtype: str) -> TransformersBackend:
-    """The tiny model (4 query heads over 2 key/value heads) with weights large enough that its greedy
-    answers differ by prompt."""
-    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype=dtype), tmp_path))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in backend.model.named_parameters():
-            if "norm" not in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    backend.prefix_cache = None  # a prefix computed alone rounds differently in bf16; not what is tested
-    return backend
 
 
 PROMPTS = [[{"role": "user", "content": q}] for q in ("What?", "Where is my order", "Hi", "Battery size")]

@@ -11,6 +11,7 @@ from harness.backends import packed_linear
 from harness.backends.hf import TransformersBackend
 from harness.backends.loading import load_model
 from harness.config import GenerationConfig, ModelConfig
+from tests.support.tiny_model import randomised_backend
 
 pytestmark = pytest.mark.skipif(
     not packed_linear.available(), reason="oneDNN bf16 linear not available on this CPU"
@@ -90,14 +91,7 @@ def test_weights_written_in_place_are_repacked():
 @pytest.fixture()
 def bf16_backend(tiny_model_dir, tmp_path) -> TransformersBackend:
     """The tiny model in bf16 with weights large enough that its greedy answers differ by prompt."""
-    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir), dtype="bfloat16"), tmp_path))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in backend.model.named_parameters():
-            if "norm" not in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    backend.prefix_cache = None  # a prefix computed alone rounds differently in bf16; not what is tested
-    return backend
+    return randomised_backend(tiny_model_dir, tmp_path, "bfloat16")
 
 
 def test_generation_is_identical_with_and_without_packing(bf16_backend):

@@ -73,3 +73,23 @@ def build_tiny_model(out_dir: str | Path, corpus: Iterable[str] | None = None, s
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def randomised_backend(model_dir: str | Path, cache: Path, dtype: str):
+    """A transformers backend over the tiny model with weights large enough (N(0, 0.3), norms kept) that
+    its greedy answers differ by prompt; the prefix cache off (a prefix computed alone rounds differently
+    in bf16, which tests of generation kernels do not test)."""
+    import torch
+
+    from harness.backends.hf import TransformersBackend
+    from harness.backends.loading import load_model
+    from harness.config import ModelConfig
+
+    backend = TransformersBackend(load_model(ModelConfig(id=str(model_dir), dtype=dtype), cache))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in backend.model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    backend.prefix_cache = None
+    return backend
