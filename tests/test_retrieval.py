@@ -26,6 +26,7 @@ from strategies.retrieval import (
     source_chunk_id,
     split_sentences,
 )
+from strategies.retrieval.index import sentence_memo
 
 from .conftest import TOY_SET
 
@@ -369,6 +370,8 @@ def test_select_sentences_embeds_each_sentence_once(toy, tmp_path, monkeypatch):
     """The sentences of chunks retrieved again (another batch, another request) are not embedded again,
     and the memoised vectors select what fresh ones do."""
     retriever = Retriever.build(toy.current_documents(), RetrievalParams(), tmp_path)
+    memo = sentence_memo(retriever.embedder)
+    memo.clear()  # the embedding model is shared by the process: start from nothing embedded
     questions = ["How long does a full battery charge take?", "When is chat support open?"]
     hits = retriever.search(questions, 3)
     embedded: list[str] = []
@@ -381,7 +384,26 @@ def test_select_sentences_embeds_each_sentence_once(toy, tmp_path, monkeypatch):
     again = retriever.select_sentences(questions[:1], hits[:1], 2)  # a later batch: only its question
     assert embedded == questions[:1]
     assert [p.text for p in again[0]] == [p.text for p in first[0]]
-    fresh = Retriever.build(toy.current_documents(), RetrievalParams(), tmp_path)  # no memo
-    assert [[p.text for p in row] for row in fresh.select_sentences(questions, hits, 2)] == [
+    memo.clear()  # fresh vectors select the same sentences
+    assert [[p.text for p in row] for row in retriever.select_sentences(questions, hits, 2)] == [
         [p.text for p in row] for row in first
     ]
+
+
+def test_retrievers_on_one_embedding_model_share_sentence_vectors(toy, tmp_path, monkeypatch):
+    """rag+qlora's training retriever (the KB without its updates) and the test-time retriever compress
+    from the same sentences: the second does not embed again what the first did."""
+    test_time = Retriever.build(toy.current_documents(), RetrievalParams(), tmp_path)
+    training = Retriever.build(toy.documents, RetrievalParams(), tmp_path / "training")
+    assert training.embedder is test_time.embedder
+    sentence_memo(test_time.embedder).clear()
+    questions = ["How long does a full battery charge take?"]
+    hits = test_time.search(questions, 3)
+    test_time.select_sentences(questions, hits, 2)
+    embedded: list[str] = []
+    real = training.embed_texts
+    monkeypatch.setattr(training, "embed_texts", lambda texts: embedded.extend(texts) or real(texts))
+    training.select_sentences(questions, hits, 2)
+    assert embedded == questions  # the question only: every sentence came from the shared memo
+    other = Retriever.build(toy.documents, RetrievalParams(embed_batch_size=7), tmp_path / "other")
+    assert sentence_memo(other.embedder) is sentence_memo(test_time.embedder)  # batch size: same model

@@ -97,7 +97,25 @@ def set_search_knobs(index: Any, params: RetrievalParams) -> None:
 
 
 # -- retriever ---------------------------------------------------------------------------------------
-SENTENCE_MEMO_MAX = 50_000  # sentence vectors kept per retriever (~75 MB at MiniLM's 384 dims)
+SENTENCE_MEMO_MAX = 50_000  # sentence vectors kept per embedding model (~75 MB at MiniLM's 384 dims)
+_MEMO_ATTR = "_adaptbench_sentence_vectors"
+
+
+def sentence_memo(embedder: Any) -> dict[str, np.ndarray]:
+    """The sentence vectors an embedding model has computed in this process, by text.
+
+    Held on the model object (``load_embedder`` gives one per model and device), so every retriever that
+    embeds with it shares them: rag, rag+qlora at test time and rag+qlora's training retriever (the KB
+    without its updates) compress contexts from the same knowledge-base sentences. An object that takes
+    no attributes gets a memo of its own per call's retriever."""
+    memo = getattr(embedder, _MEMO_ATTR, None)
+    if memo is None:
+        memo = {}
+        try:
+            setattr(embedder, _MEMO_ATTR, memo)
+        except (AttributeError, TypeError):
+            pass
+    return memo
 
 
 class Retriever:
@@ -116,7 +134,7 @@ class Retriever:
         self.doc_hashes: dict[str, str] = {}  # doc_id -> doc_hash() of the indexed version
         self.next_id = max(chunks, default=-1) + 1
         self.info: dict[str, Any] = {}
-        self._sentence_vectors: dict[str, np.ndarray] = {}  # embed_sentences' memo
+        self._sentence_vectors = sentence_memo(embedder)  # embed_sentences' memo, shared per model
         set_search_knobs(index, params)
 
     # -- construction --------------------------------------------------------------------------
@@ -335,7 +353,8 @@ class Retriever:
         return select_sentences(self.embed_sentences, questions, hits, n, query_vectors)
 
     def embed_sentences(self, texts: Sequence[str]) -> np.ndarray:
-        """``embed_texts`` for knowledge-base sentences, each embedded once per retriever (memoised by text).
+        """``embed_texts`` for knowledge-base sentences, each embedded once per embedding model and process
+        (memoised by text, shared by the retrievers using the model: ``sentence_memo``).
 
         Context compression embeds the sentences of every retrieved chunk, and the same chunks come back
         for many questions: rag+qlora's training prompts, each batch of the evaluation pass and each
