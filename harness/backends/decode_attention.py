@@ -12,13 +12,12 @@ process: 1 row over a 560-token RAG prompt 48.8 -> 38.3 ms per token (0.79x), 16
 tokens 184 -> 83 ms (0.45x). Steps with a mask (padded batches) already take the packed path and are
 left to transformers.
 
-Numbers: the same flash kernel on the same keys and values, grouped differently; not bit-identical to the
-``enable_gqa`` call (whose numbers a masked step never had either), so a greedy answer may flip at a
-near-tie.
+Numbers: the same flash kernel on the same keys and values, grouped as a masked step already groups them;
+not bit-identical to the ``enable_gqa`` call, so a single request's greedy answer may flip at a near-tie.
 
 Where: only unmasked bf16/fp16 decoding steps (``q_len == 1``) of a model on CPU whose attention is
-``sdpa``, with grouped-query heads and no attention bias, soft-capping, sinks or dropout; every other call (prefills,
-masked steps, likelihood passes, training) goes to transformers' ``sdpa`` function unchanged. Installed
+``sdpa``, with grouped-query heads and no attention bias, soft-capping, sinks or dropout; every other call
+(prefills, masked steps, likelihood passes, training) goes to transformers' ``sdpa`` function unchanged. Installed
 through transformers' ``AttentionInterface`` (a registered implementation with the same mask function as
 ``sdpa``), so it works for every model that follows that interface. ``ADAPTBENCH_DECODE_ATTENTION=0``
 turns it off.

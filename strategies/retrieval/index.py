@@ -106,8 +106,8 @@ def sentence_memo(embedder: Any) -> dict[str, np.ndarray]:
 
     Held on the model object (``load_embedder`` gives one per model and device), so every retriever that
     embeds with it shares them: rag, rag+qlora at test time and rag+qlora's training retriever (the KB
-    without its updates) compress contexts from the same knowledge-base sentences. An object that takes
-    no attributes gets a memo of its own per call's retriever."""
+    without its updates) compress contexts from the same knowledge-base sentences. An embedder object
+    that takes no attributes gets a fresh memo per retriever."""
     memo = getattr(embedder, _MEMO_ATTR, None)
     if memo is None:
         memo = {}
