@@ -73,7 +73,11 @@ def test_only_unmasked_bf16_decoding_steps_take_it(tiny_model_dir, tmp_path, cal
     backend.completion_nll([PROMPTS[1]], ["It ships tomorrow."])  # a likelihood pass: no decoding step
     assert calls == []
     fp32 = randomised_backend(tiny_model_dir, tmp_path, "float32")
-    fp32.generate([PROMPTS[1]], params)  # fp32: the grouped-query kernel is the faster one there
+    assert fp32.describe()["decode_attention"] is False  # fp32: the grouped-query kernel is the faster one
+    fp32.generate([PROMPTS[1]], params)
+    assert calls == []
+    fp32.model.set_attn_implementation(decode_attention.NAME)  # installed anyway: fp32 steps still go to sdpa
+    fp32.generate([PROMPTS[1]], params)
     assert calls == []
 
 

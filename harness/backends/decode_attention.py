@@ -100,14 +100,16 @@ def _register() -> None:
 
 
 def install(model: Any) -> bool:
-    """Switch ``model`` (on CPU, attention ``sdpa``) to this attention; False where it does not apply
-    (another attention implementation chosen, not on CPU, off by environment) or cannot be set."""
+    """Switch ``model`` (bf16/fp16 on CPU, attention ``sdpa``) to this attention; False where it does not
+    apply (another attention implementation chosen, not on CPU, fp32, off by environment) or cannot be set,
+    so the manifest's ``decode_attention`` is true only where steps can take it."""
     config = getattr(model, "config", None)
     if (
         not enabled_by_env()
         or not isinstance(model, torch.nn.Module)
         or getattr(config, "_attn_implementation", None) != "sdpa"
         or next(model.parameters()).device.type != "cpu"
+        or getattr(model, "dtype", None) not in DTYPES
         or not hasattr(model, "set_attn_implementation")
     ):
         return False
