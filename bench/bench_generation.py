@@ -212,12 +212,10 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     packed = backend.packed  # None unless bf16 on CPU (harness/backends/packed_linear.py)
-    plain = [decode_attention.suspended(loaded.model)]
-    if packed is not None:
-        plain.append(packed.suspended())
-    with contextlib.ExitStack() as stack:  # plain transformers
-        for ctx in plain:
-            stack.enter_context(ctx)
+    with (  # plain transformers
+        decode_attention.suspended(loaded.model),
+        packed.suspended() if packed is not None else contextlib.nullcontext(),
+    ):
         s, t, bare_texts = bare_pass(loaded, texts, args.batch_size, args.max_new_tokens)
     results["bare"] = {"seconds": s, "tokens": t}
     harness_arm("harness", prefix=True)

@@ -17,10 +17,10 @@ not bit-identical to the ``enable_gqa`` call, so a single request's greedy answe
 
 Where: only unmasked bf16/fp16 decoding steps (``q_len == 1``) of a model on CPU whose attention is
 ``sdpa``, with grouped-query heads and no attention bias, soft-capping, sinks or dropout; every other call
-(prefills, masked steps, likelihood passes, training) goes to transformers' ``sdpa`` function unchanged. Installed
-through transformers' ``AttentionInterface`` (a registered implementation with the same mask function as
-``sdpa``), so it works for every model that follows that interface. ``ADAPTBENCH_DECODE_ATTENTION=0``
-turns it off.
+(prefills, masked steps, likelihood passes, training) goes to transformers' ``sdpa`` function unchanged.
+Installed through transformers' ``AttentionInterface`` (a registered implementation with the same mask
+function as ``sdpa``), so it works for every model that follows that interface.
+``ADAPTBENCH_DECODE_ATTENTION=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ def attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: unmasked decoding steps here, every other call to ``sdpa``."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if (
         query.shape[2] == 1
         and attention_mask is None
@@ -119,18 +118,22 @@ def install(model: Any) -> bool:
     except (ImportError, ValueError, AttributeError) as exc:  # an older transformers, or a model it refuses
         log.info("decoding-step attention not installed: %s", exc)
         return False
-    return getattr(model.config, "_attn_implementation", None) == NAME
+    return installed(model)
+
+
+def installed(model: Any) -> bool:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == NAME
 
 
 @contextlib.contextmanager
 def suspended(model: Any) -> Iterator[None]:
     """transformers' own ``sdpa`` inside, for every call (benchmarks comparing both; a no-op where this
     attention is not installed)."""
-    installed = getattr(getattr(model, "config", None), "_attn_implementation", None) == NAME
-    if installed:
+    was = installed(model)
+    if was:
         model.set_attn_implementation("sdpa")
     try:
         yield
     finally:
-        if installed:
+        if was:
             model.set_attn_implementation(NAME)

@@ -202,7 +202,8 @@ class TransformersBackend:
         with torch.no_grad():
             for weight, saved in self.__dict__.pop("_merge_backup", []):
                 weight.copy_(saved)
-        written = self._merged_weights(self.merged_adapter)
+        # Only packs need to know which weights were written (a walk over every module otherwise wasted).
+        written = self._merged_weights(self.merged_adapter) if self.packed is not None else []
         if self.packed is not None and refresh:
             self.packed.refresh(written)
         self.merged_adapter = None
