@@ -1,6 +1,6 @@
 """End-to-end benchmark: the full demo run (configs/demo.yaml), wall time and peak RSS per phase.
 
-    python bench/bench_demo.py [--cache fresh|warm] [--limit N] [--arms current,fp32,legacy] [--json FILE]
+    python bench/bench_demo.py [--cache fresh|warm] [--limit N] [--arms current,generate,fp32,legacy] [--json FILE]
                                [--keep DIR]
 
 Each arm runs the demo in its own subprocess (so peak memory is its own) into a temporary run folder.
@@ -13,8 +13,9 @@ memory the allocator keeps, or files mapped), which tells a leak from fragmentat
 
 Arms: ``current`` is the code and config as they are; ``fp32`` the same with ``model.dtype: float32`` (the
 precision ``dtype: auto`` picks on CPUs without native bf16); ``legacy`` turns off the evaluation-pass
-changes in-process (no length sorting, stop strings cut only after generating, no shared-prefix KV cache)
-so their effect is measured in the same run. ``--keep DIR`` keeps each arm's run folder as ``DIR/<arm>``
+changes in-process (no length sorting, stop strings cut only after generating, no shared-prefix KV cache,
+no continuous batching) so their effect is measured in the same run; ``generate`` is ``current`` with
+continuous batching off (``ADAPTBENCH_CONTINUOUS=0``: every batch decodes through ``model.generate``). ``--keep DIR`` keeps each arm's run folder as ``DIR/<arm>``
 (compare their answers and scores with ``adaptbench compare DIR/fp32 DIR/current``). Target for
 ``current`` on 2 CPU cores: the whole demo in <= 8 minutes.
 """
@@ -48,10 +49,15 @@ def worker(arm: str, cache: str, limit: int | None, out: Path) -> dict:
         from harness import batching
 
         os.environ["ADAPTBENCH_PREFIX_CACHE"] = "0"
+        os.environ["ADAPTBENCH_CONTINUOUS"] = "0"
         from harness.backends.hf import TransformersBackend
 
         batching.SORT_BY_LENGTH = False
         TransformersBackend._stop_criteria = lambda self, stops, width: None
+    if arm == "generate":
+        import os
+
+        os.environ["ADAPTBENCH_CONTINUOUS"] = "0"
     overrides: dict = {"eval_set.limit": limit} if limit else {}
     if arm == "fp32":
         overrides["model.dtype"] = "float32"
@@ -144,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", choices=["fresh", "warm"], default="fresh")
     ap.add_argument("--limit", type=int, help="evaluate only the first N test examples")
-    ap.add_argument("--arms", default="current", help="comma list of: current, fp32, legacy")
+    ap.add_argument("--arms", default="current", help="comma list of: current, generate, fp32, legacy")
     ap.add_argument("--keep", help="keep each arm's run folder as KEEP/<arm>")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)

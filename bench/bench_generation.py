@@ -13,6 +13,12 @@ process, one model:
   harness       the runner's pass: length-sorted batches (``harness.batching``) through the strategy's
                 ``predict`` and the backend, no stop strings: the same work as ``bare``
   harness+stop  the same with the demo's stop string ("\\n\\n") ended inside ``generate``
+  harness+stop (continuous off)
+                the same through ``model.generate`` (ADAPTBENCH_CONTINUOUS=0): each batch decodes until its
+                longest answer ends, finished rows computing pads (harness/backends/continuous.py)
+  harness+stop (continuous, one call)
+                all prompts in one ``predict`` call, ``--batch-size`` rows decoding at a time: a finished
+                row's slot goes to the next waiting prompt (what a caller passing a long list gets)
   harness+stop (prefix cache off)
                 the same with the backend's shared-prefix KV cache off (ADAPTBENCH_PREFIX_CACHE=0): the
                 gain of reusing the system prompt + demonstrations' keys and values across batches
@@ -155,6 +161,7 @@ def main() -> None:
     from harness import plugin
     from harness.backends import decode_attention
     from harness.backends.base import cut_at_stop
+    from harness.backends.continuous import DecodeStats as continuous_stats
     from harness.backends.hf import TransformersBackend
     from harness.backends.loading import cache_root, load_model
     from harness.config import GenerationConfig, ModelConfig, StrategySpec
@@ -184,15 +191,22 @@ def main() -> None:
     examples = [{**test[i % len(test)], "id": f"{test[i % len(test)]['id']}#{i}"} for i in range(args.n)]
     strategy = plugin.build(StrategySpec(id="bench", **STRATEGIES[args.strategy]), 0)
     prefix_cache = backend.prefix_cache  # None when turned off (ADAPTBENCH_PREFIX_CACHE=0, static cache)
+    was_continuous = backend.continuous  # False when turned off (ADAPTBENCH_CONTINUOUS=0, static cache)
 
-    def harness_arm(name: str, prefix: bool) -> dict[str, str]:
-        """One harness pass with the prefix cache on (emptied first: the arm computes its prefixes) or off."""
+    def harness_arm(name: str, prefix: bool, continuous: bool = True, per_call: int = 0) -> dict[str, str]:
+        """One harness pass with the prefix cache on (emptied first: the arm computes its prefixes) or off,
+        continuous batching on or off, ``per_call`` prompts per ``predict`` call (0: the batch size)."""
         backend.prefix_cache = prefix_cache if prefix else None
         before = dataclasses.replace(prefix_cache.stats) if prefix_cache is not None else None
         if prefix_cache is not None:
             prefix_cache.clear()
-        s, t, texts = harness_pass(strategy, examples, args.batch_size)
+        backend.continuous, was = continuous and was_continuous, backend.continuous
+        stats = backend.continuous_stats = continuous_stats()
+        s, t, texts = harness_pass(strategy, examples, per_call or args.batch_size)
+        backend.continuous = was
         results[name] = {"seconds": s, "tokens": t}
+        if stats.steps:
+            results[name]["steps"] = stats.steps
         if prefix and prefix_cache is not None and before is not None:
             after = prefix_cache.stats
             results[name]["prefix"] = {
@@ -222,6 +236,9 @@ def main() -> None:
     strategy.ctx = context([args.stop])
     stop_texts = harness_arm("harness+stop", prefix=True)
     off_texts = harness_arm("harness+stop (prefix cache off)", prefix=False)
+    if was_continuous:
+        generate_texts = harness_arm("harness+stop (continuous off)", prefix=True, continuous=False)
+        harness_arm("harness+stop (continuous, one call)", prefix=True, per_call=len(examples))
     if packed is not None:
         with packed.suspended():
             unpacked_texts = harness_arm("harness+stop (packed linear off)", prefix=True)
@@ -247,6 +264,15 @@ def main() -> None:
         "identical_answers_vs_bare_cut": same,
         "identical_answers_prefix_on_off": same_prefix,
     }
+    if was_continuous:
+        off = results["harness+stop (continuous off)"]["seconds"]
+        summary |= {
+            "continuous_on_vs_off_wall": results["harness+stop"]["seconds"] / off,
+            "continuous_one_call_vs_off_wall": results["harness+stop (continuous, one call)"]["seconds"]
+            / off,
+            "identical_answers_continuous_on_off": sum(stop_texts[k] == generate_texts[k] for k in stop_texts)
+            / len(stop_texts),
+        }
     if packed is not None:
         summary |= {
             "packed_on_vs_off_wall": results["harness+stop"]["seconds"]
@@ -270,13 +296,14 @@ def main() -> None:
         f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} static_cache={args.static_cache} "
         f"prefix_cache={prefix_cache is not None} threads={torch.get_num_threads()}"
     )
-    print(f"{'arm':<34}{'tokens':>8}{'seconds':>10}{'tok/s':>10}  prefix cache")
+    print(f"{'arm':<38}{'tokens':>8}{'seconds':>10}{'tok/s':>10}{'steps':>7}  prefix cache")
     for name, r in results.items():
         print(
-            f"{name:<34}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.1f}  {r.get('prefix', '')}"
+            f"{name:<38}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.1f}{r.get('steps', ''):>7}"
+            f"  {r.get('prefix', '')}"
         )
     for key, value in summary.items():
-        print(f"{key:<34}{value:>8.3f}")
+        print(f"{key:<38}{value:>8.3f}")
     print(json.dumps({"arms": results, **summary}, default=float))
 
 

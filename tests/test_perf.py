@@ -69,6 +69,9 @@ def test_restore_order_keeps_other_strategies_and_resumed_lines(tmp_path):
 
 def test_stop_string_ends_the_row_inside_generate(tiny_model_dir, tmp_path):
     backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path))
+    backend.continuous = (
+        False  # batches through model.generate (the continuous path: tests/test_continuous.py)
+    )
     tok = backend.tokenizer
     free = backend.generate([PROMPT], GenerationConfig(max_new_tokens=12)).generations[0]
     assert free.new_tokens == 12, "the tiny model must write all 12 tokens without a stop"

@@ -56,7 +56,11 @@ def sensitive(backend: TransformersBackend, seed: int = 0) -> TransformersBacken
 
 @pytest.fixture()
 def backend(tiny_model_dir, tmp_path) -> TransformersBackend:
-    return sensitive(TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path)))
+    """Batches through ``model.generate``, which ``Spy`` watches (the continuous path's use of the prefix
+    cache is tested in tests/test_continuous.py)."""
+    backend = sensitive(TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path)))
+    backend.continuous = False
+    return backend
 
 
 class Spy:
@@ -169,6 +173,7 @@ def test_switch_off_and_manifest_entry(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPTBENCH_PREFIX_CACHE", "0")
     off = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path))
     assert off.prefix_cache is None and off.describe()["prefix_cache"] is False
+    off.continuous = False
     spy = Spy(off)
     off.generate([few_shot(q) for q in QUESTIONS[:2]], GenerationConfig(max_new_tokens=2))
     assert spy.cached == [0]

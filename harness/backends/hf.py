@@ -20,7 +20,7 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from harness.backends import decode_attention, lm_head, packed_linear, register_backend
+from harness.backends import continuous, decode_attention, lm_head, packed_linear, register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
 from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
 from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
@@ -111,6 +111,14 @@ class TransformersBackend:
         self.decode_attention = (
             decode_attention.install(self.model) if self.device == "cpu" and not self.static_cache else False
         )
+        # Greedy batches decode with continuous batching: a finished row leaves, a waiting prompt takes its
+        # slot (harness/backends/continuous.py). ADAPTBENCH_CONTINUOUS=0 turns it off.
+        self.continuous = (
+            continuous.enabled_by_env()
+            and not self.static_cache
+            and continuous.plain_cache(self.model.config)
+        )
+        self.continuous_stats = continuous.DecodeStats()
 
     @classmethod
     def open(cls, model_cfg: ModelConfig, cache_dir: Path) -> TransformersBackend:
@@ -125,6 +133,7 @@ class TransformersBackend:
             "exact_top_logits": self.exact_logits,
             "packed_linear": self.packed is not None,
             "decode_attention": self.decode_attention,
+            "continuous_batching": self.continuous,
         }
 
     # -- prompts -------------------------------------------------------------------------------
@@ -285,50 +294,100 @@ class TransformersBackend:
             kwargs["cache_implementation"] = "static"
         if probing():  # a latency-probe request: observe when the first new token exists
             kwargs["streamer"] = FirstTokenStreamer()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()  # a new prefix's forward pass is part of this call's time
-        with torch.inference_mode(), self.using_adapter(adapter):
-            inputs = self._with_prefix(ids, adapter)
-            if inputs is None:
-                batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-                inputs = {k: v.to(self.model.device) for k, v in batch.items()}
-            width = inputs["input_ids"].shape[1]
-            if params.stop:
-                # Per-row stopping inside generate: a row that produced a stop string is finished (pads
-                # from then on), and the batch ends as soon as every row is finished, instead of running
-                # to max_new_tokens and cutting the text afterwards. Greedy text is unchanged (cut below).
-                kwargs["stopping_criteria"] = self._stop_criteria(tuple(params.stop), width)
-            out = self.model.generate(**inputs, **kwargs)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        new = out[:, width:]
         stop_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         gen_cfg = getattr(self.model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         stop_ids.update(eos if isinstance(eos, list) else [eos])
         stop_ids.discard(None)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()  # a new prefix's forward pass is part of this call's time
+        with torch.inference_mode(), self.using_adapter(adapter):
+            if self._continues(params, len(ids)):
+                stops = tuple(params.stop)
+                rows = continuous.decode(
+                    self.model,
+                    ids,
+                    params.batch_size,
+                    params.max_new_tokens,
+                    stop_ids,
+                    continuous.stop_strings_check(self._stop_strings(stops)) if stops else None,
+                    lambda new: self._prefill(new, adapter),
+                    self.continuous_stats,
+                )
+            else:
+                rows = self._generate(ids, kwargs, params, adapter)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
         results = []
-        for row, n_prompt, trunc in zip(new.tolist(), lengths, truncated, strict=True):
+        for row, n_prompt, trunc in zip(rows, lengths, truncated, strict=True):
             n_new, text = self._row_length(row, stop_ids, params.stop)
             results.append(Generation(cut_at_stop(text, params.stop), n_prompt, n_new, trunc))
         return BatchGeneration(results, seconds)
+
+    def _continues(self, params: GenerationConfig, n: int) -> bool:
+        """Continuous batching for this call: greedy, more than one row, not a latency-probe request (whose
+        first token is observed through ``generate``'s streamer), and nothing that changes the logits."""
+        return (
+            self.continuous
+            and n > 1
+            and params.temperature <= 0
+            and not probing()
+            and continuous.plain_greedy(getattr(self.model, "generation_config", None))
+        )
+
+    def _generate(
+        self, ids: list[list[int]], kwargs: dict[str, Any], params: GenerationConfig, adapter: str | None
+    ) -> list[list[int]]:
+        """The library's ``generate`` on one left-padded batch; each row's new tokens (pads after a finished
+        row included: ``_row_length`` cuts them)."""
+        inputs = self._with_prefix(ids, adapter)
+        if inputs is None:
+            batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+            inputs = {k: v.to(self.model.device) for k, v in batch.items()}
+        width = inputs["input_ids"].shape[1]
+        if params.stop:
+            # Per-row stopping inside generate: a row that produced a stop string is finished (pads
+            # from then on), and the batch ends as soon as every row is finished, instead of running
+            # to max_new_tokens and cutting the text afterwards. Greedy text is unchanged (cut below).
+            kwargs["stopping_criteria"] = self._stop_criteria(tuple(params.stop), width)
+        out = self.model.generate(**inputs, **kwargs)
+        return out[:, width:].tolist()
+
+    def _prefill(self, ids: list[list[int]], adapter: str | None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Forward inputs for rows joining a continuous batch: through the prefix cache when it has (or
+        now computes) their shared prefix, else one left-padded batch on an empty cache."""
+        from transformers.cache_utils import DynamicCache
+
+        inputs = self._with_prefix(ids, adapter)
+        if inputs is None:
+            batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+            mask = batch["attention_mask"].to(self.model.device)
+            return batch["input_ids"].to(self.model.device), mask, DynamicCache(config=self.model.config)
+        cache = inputs[self._cache_kwarg]
+        return inputs["input_ids"][:, cache.get_seq_length() :], inputs["attention_mask"], cache
+
+    def _stop_strings(self, stops: tuple[str, ...]) -> Any:
+        """The library's ``StopStringCriteria`` for ``stops``, built once per backend: construction reads
+        and hashes the whole vocabulary (tens of ms), which would otherwise land in every request's TTFT."""
+        from transformers import StopStringCriteria
+
+        cache = self.__dict__.setdefault("_stop_cache", {})
+        if stops not in cache:
+            cache[stops] = StopStringCriteria(self.tokenizer, list(stops))
+        return cache[stops]
 
     def _stop_criteria(self, stops: tuple[str, ...], prompt_width: int) -> Any:
         """The library's ``StopStringCriteria`` for ``stops``, matched on the new tokens only.
 
         The library's criterion reads the whole sequence, so a prompt ending in "\n" (every chat
         template's generation prompt) plus a first generated "\n" would match "\n\n" and end the answer
-        before it starts, which cutting afterwards never did. Built once per backend: construction reads
-        and hashes the whole vocabulary (tens of ms), which would otherwise land in every request's TTFT.
+        before it starts, which cutting afterwards never did.
         """
-        from transformers import StoppingCriteriaList, StopStringCriteria
+        from transformers import StoppingCriteriaList
 
-        cache = self.__dict__.setdefault("_stop_cache", {})
-        if stops not in cache:
-            cache[stops] = StopStringCriteria(self.tokenizer, list(stops))
-        return StoppingCriteriaList([_NewTokens(cache[stops], prompt_width)])
+        return StoppingCriteriaList([_NewTokens(self._stop_strings(stops), prompt_width)])
 
     def _row_length(self, row: list[int], stop_ids: set[int], stops: list[str]) -> tuple[int, str]:
         """(tokens this row really generated, their text). A row ends at its EOS (counted, it was
