@@ -121,11 +121,13 @@ def decode(
     stop_check: StopCheck | None,
     prefill: Prefill,
     stats: DecodeStats | None = None,
+    cache_kwarg: str = "cache",
 ) -> list[list[int]]:
     """Greedy continuation of every row of ``rows`` (token ids), at most ``slots`` decoding together.
 
     Returns each row's new tokens, ending with its EOS (kept, as ``generate`` keeps it) or with the token
-    that completed a stop string; ``prefill`` builds the forward inputs for rows joining the batch."""
+    that completed a stop string; ``prefill`` builds the forward inputs for rows joining the batch;
+    ``cache_kwarg`` is the forward's name for the cache (``past_key_values`` before transformers 5)."""
     stats = stats if stats is not None else DecodeStats()
     waiting = deque(range(len(rows)))
     out: list[list[int]] = [[] for _ in rows]
@@ -140,9 +142,9 @@ def decode(
                 input_ids=ids,
                 attention_mask=new_mask,
                 position_ids=_positions(new_mask, ids.shape[1]),
-                cache=new_cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{cache_kwarg: new_cache},
             ).logits
             first = logits[:, -1].argmax(-1)
             stats.prefills += 1
@@ -159,9 +161,9 @@ def decode(
                 input_ids=last[:, None],
                 attention_mask=mask,
                 position_ids=_positions(mask, 1),
-                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{cache_kwarg: cache},
             ).logits
             last = logits[:, -1].argmax(-1)
             stats.steps += 1
@@ -184,7 +186,7 @@ def decode(
             active = [active[j] for j in keep]
             if keep:
                 mask = _keep(cache, mask, keep)
-                last = last[torch.tensor(keep)]
+                last = last[torch.tensor(keep, device=last.device)]
             else:
                 cache, mask, last = None, torch.empty(0), torch.empty(0)
     return out

@@ -314,6 +314,7 @@ class TransformersBackend:
                     continuous.stop_strings_check(self._stop_strings(stops)) if stops else None,
                     lambda new: self._prefill(new, adapter),
                     self.continuous_stats,
+                    self._cache_kwarg,
                 )
             else:
                 rows = self._generate(ids, kwargs, params, adapter)
