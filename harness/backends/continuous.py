@@ -2,8 +2,8 @@
 
 Why: ``model.generate`` decodes a batch until its longest answer ends; a row that finished early still
 computes pad tokens at every step. In the demo's batches of 16, half the row-steps were such filler
-(answers of 20-60 tokens in batches that ran 55-96 steps), and a decoding step of a small model costs
-nearly the same at 16 rows as at 4 (the weights are read once per step), so the filler is not cheap.
+(answers of 20-60 tokens on average in batches that ran 33-96 steps), and on a CPU a long-context row's
+attention is not cheap (RAG batches: 0.64x the time without the filler, docs/benchmarks.md).
 Served engines keep their batch full instead (vLLM, TGI, transformers' own ``generate_batch``, which
 needs a paged cache and ran 1.4x slower than ``generate`` on this CPU): a finished row leaves at once and
 the next waiting prompt takes its slot. ``decode`` does that on the model's plain dynamic cache:
@@ -19,7 +19,7 @@ words, minimum length...): the loop takes the argmax of the logits as ``generate
 config; anything else stays with ``generate``. A row's tokens are those ``generate`` gives it up to
 rounding: its padding differs (masked positions weigh zero; the sums run over other lengths), so at a
 near-tie a greedy answer may flip, as it may between two batch compositions in ``generate``
-(``tests/test_continuous.py`` checks equality in float32). ``ADAPTBENCH_CONTINUOUS=0`` turns it off.
+(``tests/test_continuous.py`` checks equality in float64). ``ADAPTBENCH_CONTINUOUS=0`` turns it off.
 """
 
 from __future__ import annotations
