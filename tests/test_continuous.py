@@ -99,6 +99,31 @@ def test_prefix_cache_serves_rows_joining_later(backend):
     assert got == singles(backend, prompts, params)
 
 
+def test_adapter_rows_unmerged_and_merged(backend, tiny_model_dir, tmp_path):
+    """Through peft's wrapper: rows with an adapter selected (and merged) get their single requests' tokens,
+    which differ from the base's."""
+    from peft import LoraConfig, get_peft_model
+
+    donor = load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path / "donor").model
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(donor, lora).save_pretrained(tmp_path / "adapter")
+    backend.load_adapter(str(tmp_path / "adapter"), "a")
+    backend.model.to(torch.float64)
+    with torch.no_grad():  # a strong adapter: its answers must differ from the base's
+        for name, param in backend.model.named_parameters():
+            if "lora_" in name:
+                param.mul_(4.0)
+    prompts = [few_shot(q) for q in QUESTIONS[:4]] + PLAIN[:2]
+    params = GenerationConfig(max_new_tokens=8, batch_size=2)
+    base = backend.generate(prompts, params).generations
+    tuned = backend.generate(prompts, params, adapter="a").generations
+    assert base != tuned and backend.continuous_stats.prefills > 0
+    assert tuned == [backend.generate([p], params, adapter="a").generations[0] for p in prompts]
+    backend.merge_adapter("a")
+    assert backend.generate(prompts, params, adapter="a").generations == tuned
+    assert base == singles(backend, prompts, params)  # the base again after unmerging
+
+
 def test_sampling_processors_and_probe_requests_stay_with_generate(backend, monkeypatch):
     spy = GenerateCalls(backend)
     greedy = GenerationConfig(max_new_tokens=4, batch_size=2)

@@ -246,8 +246,12 @@ class TransformersBackend:
         self, prompts: list[Prompt], max_new_tokens: int
     ) -> tuple[dict[str, torch.Tensor], list[int], list[bool]]:
         ids, truncated = self._prompt_ids(prompts, max_new_tokens)
+        return self._padded(ids), [len(x) for x in ids], truncated
+
+    def _padded(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        """``ids`` left-padded into one batch (``input_ids``, ``attention_mask``) on the model's device."""
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        return {k: v.to(self.model.device) for k, v in batch.items()}, [len(x) for x in ids], truncated
+        return {k: v.to(self.model.device) for k, v in batch.items()}
 
     def _with_prefix(self, ids: list[list[int]], adapter: str | None) -> dict[str, Any] | None:
         """``generate`` inputs reusing a cached shared prefix of ``ids`` (computed now if new), or ``None``.
@@ -343,10 +347,7 @@ class TransformersBackend:
     ) -> list[list[int]]:
         """The library's ``generate`` on one left-padded batch; each row's new tokens (pads after a finished
         row included: ``_row_length`` cuts them)."""
-        inputs = self._with_prefix(ids, adapter)
-        if inputs is None:
-            batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-            inputs = {k: v.to(self.model.device) for k, v in batch.items()}
+        inputs = self._with_prefix(ids, adapter) or self._padded(ids)
         width = inputs["input_ids"].shape[1]
         if params.stop:
             # Per-row stopping inside generate: a row that produced a stop string is finished (pads
@@ -363,9 +364,8 @@ class TransformersBackend:
 
         inputs = self._with_prefix(ids, adapter)
         if inputs is None:
-            batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-            mask = batch["attention_mask"].to(self.model.device)
-            return batch["input_ids"].to(self.model.device), mask, DynamicCache(config=self.model.config)
+            plain = self._padded(ids)
+            return plain["input_ids"], plain["attention_mask"], DynamicCache(config=self.model.config)
         cache = inputs[self._cache_kwarg]
         return inputs["input_ids"][:, cache.get_seq_length() :], inputs["attention_mask"], cache
 
