@@ -1,7 +1,7 @@
 """End-to-end benchmark: the full demo run (configs/demo.yaml), wall time and peak RSS per phase.
 
-    python bench/bench_demo.py [--cache fresh|warm] [--limit N] [--arms current,generate,fp32,legacy] [--json FILE]
-                               [--keep DIR]
+    python bench/bench_demo.py [--cache fresh|warm] [--limit N] [--arms current,generate,fp32,legacy]
+                               [--json FILE] [--keep DIR]
 
 Each arm runs the demo in its own subprocess (so peak memory is its own) into a temporary run folder.
 ``--cache fresh`` (default) uses an empty cache folder: model conversion, index build and adapter training
@@ -15,15 +15,17 @@ Arms: ``current`` is the code and config as they are; ``fp32`` the same with ``m
 precision ``dtype: auto`` picks on CPUs without native bf16); ``legacy`` turns off the evaluation-pass
 changes in-process (no length sorting, stop strings cut only after generating, no shared-prefix KV cache,
 no continuous batching) so their effect is measured in the same run; ``generate`` is ``current`` with
-continuous batching off (``ADAPTBENCH_CONTINUOUS=0``: every batch decodes through ``model.generate``). ``--keep DIR`` keeps each arm's run folder as ``DIR/<arm>``
-(compare their answers and scores with ``adaptbench compare DIR/fp32 DIR/current``). Target for
-``current`` on 2 CPU cores: the whole demo in <= 8 minutes.
+continuous batching off (``ADAPTBENCH_CONTINUOUS=0``: every batch decodes through ``model.generate``).
+``--keep DIR`` keeps each arm's run folder as ``DIR/<arm>`` (compare their answers and scores with
+``adaptbench compare DIR/fp32 DIR/current``). Target for ``current`` on 2 CPU cores: the whole demo in <= 8
+minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,8 +46,6 @@ def worker(arm: str, cache: str, limit: int | None, out: Path) -> dict:
     from harness.runner import run
 
     if arm == "legacy":
-        import os
-
         from harness import batching
 
         os.environ["ADAPTBENCH_PREFIX_CACHE"] = "0"
@@ -55,8 +55,6 @@ def worker(arm: str, cache: str, limit: int | None, out: Path) -> dict:
         batching.SORT_BY_LENGTH = False
         TransformersBackend._stop_criteria = lambda self, stops, width: None
     if arm == "generate":
-        import os
-
         os.environ["ADAPTBENCH_CONTINUOUS"] = "0"
     overrides: dict = {"eval_set.limit": limit} if limit else {}
     if arm == "fp32":

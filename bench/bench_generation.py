@@ -200,10 +200,10 @@ def main() -> None:
         before = dataclasses.replace(prefix_cache.stats) if prefix_cache is not None else None
         if prefix_cache is not None:
             prefix_cache.clear()
-        backend.continuous, was = continuous and was_continuous, backend.continuous
+        backend.continuous = continuous and was_continuous
         stats = backend.continuous_stats = continuous_stats()
         s, t, texts = harness_pass(strategy, examples, per_call or args.batch_size)
-        backend.continuous = was
+        backend.continuous = was_continuous
         results[name] = {"seconds": s, "tokens": t}
         if stats.steps:
             results[name]["steps"] = stats.steps

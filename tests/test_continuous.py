@@ -19,6 +19,7 @@ from harness.backends.hf import TransformersBackend
 from harness.backends.loading import load_model
 from harness.config import GenerationConfig, ModelConfig
 from harness.latency import request_clock
+from tests.support.tiny_model import attach_strong_adapter
 from tests.test_prefix_cache import QUESTIONS, few_shot, sensitive
 
 PLAIN = [
@@ -102,17 +103,7 @@ def test_prefix_cache_serves_rows_joining_later(backend):
 def test_adapter_rows_unmerged_and_merged(backend, tiny_model_dir, tmp_path):
     """Through peft's wrapper: rows with an adapter selected (and merged) get their single requests' tokens,
     which differ from the base's."""
-    from peft import LoraConfig, get_peft_model
-
-    donor = load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path / "donor").model
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(donor, lora).save_pretrained(tmp_path / "adapter")
-    backend.load_adapter(str(tmp_path / "adapter"), "a")
-    backend.model.to(torch.float64)
-    with torch.no_grad():  # a strong adapter: its answers must differ from the base's
-        for name, param in backend.model.named_parameters():
-            if "lora_" in name:
-                param.mul_(4.0)
+    attach_strong_adapter(backend, tiny_model_dir, tmp_path)  # its answers must differ from the base's
     prompts = [few_shot(q) for q in QUESTIONS[:4]] + PLAIN[:2]
     params = GenerationConfig(max_new_tokens=8, batch_size=2)
     base = backend.generate(prompts, params).generations

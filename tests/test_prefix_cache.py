@@ -18,6 +18,7 @@ from harness.backends.loading import load_model
 from harness.backends.prefix_cache import PrefixCache
 from harness.config import GenerationConfig, ModelConfig
 from harness.latency import request_clock
+from tests.support.tiny_model import attach_strong_adapter, randomise_weights
 
 SYSTEM = (
     "You are a customer-support assistant. Answer the customer's question in one short, factual sentence."
@@ -45,12 +46,8 @@ def few_shot(question: str, system: str = SYSTEM) -> list[dict[str, str]]:
 
 
 def sensitive(backend: TransformersBackend, seed: int = 0) -> TransformersBackend:
-    gen = torch.Generator().manual_seed(seed)
     backend.model.to(torch.float64)
-    with torch.no_grad():
-        for name, param in backend.model.named_parameters():
-            if "norm" not in name:
-                param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * 0.3)
+    randomise_weights(backend.model, seed, draw_dtype=torch.float64)
     return backend
 
 
@@ -127,17 +124,7 @@ def test_same_greedy_tokens_with_and_without_the_prefix_cache(backend):
 
 
 def test_adapters_never_share_a_prefix_entry(backend, tiny_model_dir, tmp_path):
-    from peft import LoraConfig, get_peft_model
-
-    donor = load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path / "donor").model
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(donor, lora).save_pretrained(tmp_path / "adapter")
-    backend.load_adapter(str(tmp_path / "adapter"), "a")
-    backend.model.to(torch.float64)
-    with torch.no_grad():  # a strong adapter: its answers must differ from the base's
-        for name, param in backend.model.named_parameters():
-            if "lora_" in name:
-                param.mul_(4.0)
+    attach_strong_adapter(backend, tiny_model_dir, tmp_path)  # its answers must differ from the base's
     spy = Spy(backend)
     params = GenerationConfig(max_new_tokens=8)
     stats = backend.prefix_cache.stats

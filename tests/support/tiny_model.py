@@ -79,17 +79,45 @@ def randomised_backend(model_dir: str | Path, cache: Path, dtype: str):
     """A transformers backend over the tiny model with weights large enough (N(0, 0.3), norms kept) that
     its greedy answers differ by prompt; the prefix cache off (a prefix computed alone rounds differently
     in bf16, which tests of generation kernels do not test)."""
-    import torch
 
     from harness.backends.hf import TransformersBackend
     from harness.backends.loading import load_model
     from harness.config import ModelConfig
 
     backend = TransformersBackend(load_model(ModelConfig(id=str(model_dir), dtype=dtype), cache))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in backend.model.named_parameters():
-            if "norm" not in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    randomise_weights(backend.model)
     backend.prefix_cache = None
     return backend
+
+
+def randomise_weights(model, seed: int = 0, draw_dtype=None) -> None:
+    """Every weight but the norms redrawn from N(0, 0.3) (seeded, drawn in ``draw_dtype``, float32 by
+    default): the tiny model's own init writes the same token whatever the prompt, which would make "same
+    tokens" prove nothing."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=draw_dtype) * 0.3)
+
+
+def attach_strong_adapter(backend, model_dir: str | Path, tmp_path: Path, name: str = "a") -> None:
+    """Load a random LoRA adapter (all linear layers, r=4) into ``backend`` as ``name``, the model in float64
+    and the adapter's weights scaled 4x, so that its answers differ from the base's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from harness.backends.loading import load_model
+    from harness.config import ModelConfig
+
+    donor = load_model(ModelConfig(id=str(model_dir)), tmp_path / "donor").model
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(donor, lora).save_pretrained(tmp_path / "adapter")
+    backend.load_adapter(str(tmp_path / "adapter"), name)
+    backend.model.to(torch.float64)
+    with torch.no_grad():
+        for pname, param in backend.model.named_parameters():
+            if "lora_" in pname:
+                param.mul_(4.0)
