@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import transformers
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from harness import distributed, phases, plugin, signals
@@ -182,9 +184,18 @@ def use_adapters(config: RunConfig, adapters: list[str]) -> RunConfig:
     return config
 
 
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators (every device's): what ``transformers.set_seed`` does,
+    without importing its trainer utilities (they import peft and bitsandbytes: seconds at every start,
+    also for runs that train nothing and for errors found on opening the model)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def open_context(config: RunConfig, eval_set: EvalSet, run_dir: Path) -> RunContext:
     """Seed, open the configured backend once (one base model) and the context every strategy shares."""
-    transformers.set_seed(config.seed)
+    seed_everything(config.seed)
     cache = cache_root(config.cache_dir)
     backend = open_backend(config.model, cache)
     return RunContext(

@@ -98,13 +98,15 @@ def _finish(cfg: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, 0, stdout, stderr)
 
 
-@pytest.fixture()
-def reference(tmp_path, tiny_model_dir):
-    """An uninterrupted run to compare against."""
-    eval_set = _big_set(tmp_path)
-    cfg = _config(tmp_path, tiny_model_dir, eval_set, [{"name": "prompt", "id": "p"}])
-    _finish(cfg, tmp_path / "ref")
-    return cfg, _predictions(tmp_path / "ref")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir):
+    """An uninterrupted run to compare against (one per module: the runs under test write elsewhere, and
+    a prompt-only run leaves nothing in the shared cache that changes their answers)."""
+    root = tmp_path_factory.mktemp("reference")
+    eval_set = _big_set(root)
+    cfg = _config(root, tiny_model_dir, eval_set, [{"name": "prompt", "id": "p"}])
+    _finish(cfg, root / "ref")
+    return cfg, _predictions(root / "ref")
 
 
 def test_sigkill_mid_strategy_then_resume_matches_uninterrupted(reference, tmp_path):

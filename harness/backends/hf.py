@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -220,9 +221,10 @@ class TransformersBackend:
 
     def using_adapter(self, adapter: str | None):
         """Context in which the model computes with adapter ``adapter`` (``None``: the plain base)."""
-        from peft import PeftModel
-
-        if not isinstance(self.model, PeftModel):
+        # Not imported here: a PeftModel exists only once peft is imported, and importing it (with
+        # bitsandbytes) costs seconds in runs that load no adapter.
+        peft = sys.modules.get("peft")
+        if peft is None or not isinstance(self.model, peft.PeftModel):
             if adapter is not None:
                 raise ValueError(f"adapter {adapter!r} requested but none is loaded")
             return contextlib.nullcontext()
