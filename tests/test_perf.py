@@ -201,3 +201,26 @@ def test_phase_records_what_malloc_still_holds_at_its_end():
     assert phases.totals()["freed"]["end_heap_in_use_bytes"] < totals["holds"]["end_heap_in_use_bytes"] - (
         60 << 20
     )
+
+
+@pytest.mark.slow
+def test_a_run_without_adapters_imports_neither_peft_nor_bitsandbytes(write_config, tmp_path):
+    """Importing peft (and bitsandbytes with it) costs seconds at every start: a run that loads no
+    adapter, and an error found on opening the model, must not pay it (a fresh interpreter, since this
+    one has imported everything)."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    cfg = write_config(metrics=["exact_match", "token_f1"])
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom harness.cli import main\n"
+        f"res = CliRunner().invoke(main, ['run', {str(cfg)!r}, '--out', {str(tmp_path / 'out')!r}, '--no-progress'])\n"
+        "print(res.output)\n"
+        "print(res.exit_code, *sorted(m for m in ('peft', 'bitsandbytes', 'trl') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
+    )
+    assert proc.stdout.split()[-1:] == ["0"], proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "out" / "report.html").is_file()
