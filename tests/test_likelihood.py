@@ -46,15 +46,17 @@ def random_rows(vocab: int, n: int, seed: int) -> list[tuple[list[int], int]]:
 
 
 class ForwardSpy:
-    """Records the ``logits_to_keep`` and input width of every forward call."""
+    """Records the input width, ``logits_to_keep`` and rows of every forward call."""
 
     def __init__(self, model):
         self.calls: list[tuple[int, int]] = []
+        self.rows: list[int] = []
         self.real = model.forward
         model.forward = self
 
     def __call__(self, **kw):
         self.calls.append((kw["input_ids"].shape[1], kw.get("logits_to_keep", 0)))
+        self.rows.append(kw["input_ids"].shape[0])
         return self.real(**kw)
 
 
@@ -104,3 +106,58 @@ def test_backend_completion_nll_matches_reference(backend):
     for q, a, value in zip(questions, answers, got, strict=True):
         ctx = backend._ids(backend.render([{"role": "user", "content": q}]))
         assert value == pytest.approx(reference_nll(backend.model, ctx + backend._ids(a), len(ctx)), abs=1e-9)
+
+
+def grouped_rows(vocab: int, seed: int) -> list[tuple[list[int], int]]:
+    """Rows in groups sharing a context (as 5 strategies' answers to one question), interleaved: groups of
+    1 to 7 rows (7 > the batch size below, so one is split), contexts of 1 to 40 tokens, answers of 1 to
+    30 (one-token answers included), and an answer repeated word for word in its group."""
+    rng = random.Random(seed)
+    rows = []
+    for size in (1, 3, 7, 2, 5):
+        ctx = [rng.randrange(4, vocab) for _ in range(rng.choice([1, rng.randint(2, 40)]))]
+        for j in range(size):
+            ans = [rng.randrange(4, vocab) for _ in range(1 if j == 0 else rng.randint(1, 30))]
+            rows.append((ctx + ans, len(ctx)))
+        rows.append(rows[-1])
+    rng.shuffle(rows)
+    return rows
+
+
+def test_shared_context_nll_equals_reference_and_computes_each_context_once(backend):
+    model = backend.model
+    assert likelihood.shares_contexts(model)
+    rows = grouped_rows(backend.vocab_size, seed=4)
+    spy = ForwardSpy(model)
+    got = likelihood.shared_context_nll(model, rows, backend._pad_id(), 4, backend._cache_kwarg)
+    model.forward = spy.real
+    want = [reference_nll(model, ids, n_ctx) for ids, n_ctx in rows]
+    assert got == [pytest.approx(w, abs=1e-9) for w in want]
+    # Context passes (one vocabulary row each) ran each distinct context once, 4 at a time; answer passes
+    # carried every row once, at most 4 per pass, longest answers first.
+    sizes: dict[tuple[int, ...], int] = {}
+    for ids, n_ctx in rows:
+        sizes[tuple(ids[:n_ctx])] = sizes.get(tuple(ids[:n_ctx]), 0) + 1
+    assert sorted(sizes.values()) == [2, 3, 4, 6, 8]
+    ctx_rows = [n for (_, keep), n in zip(spy.calls, spy.rows, strict=True) if keep == 1]
+    ans = [(width, n) for (width, keep), n in zip(spy.calls, spy.rows, strict=True) if keep == 0]
+    assert ctx_rows == [4, 1]
+    assert sum(n for _, n in ans) == len(rows) and max(n for _, n in ans) <= 4
+    segments: list[list[int]] = []  # answer widths after each context pass
+    for width, keep in spy.calls:
+        segments.append([]) if keep == 1 else segments[-1].append(width)
+    assert all(seg == sorted(seg, reverse=True) for seg in segments) and len(segments) == 2
+
+
+def test_backend_scores_answers_to_the_same_question_after_one_context_pass(backend):
+    """Five answers to each of two questions: two context rows computed, not ten; the same numbers as
+    scoring each question's answers on its own."""
+    questions = ["How long is the warranty?"] * 5 + ["Do you ship to Canada?"] * 5
+    answers = ["3 years.", "Three years or 15,000 km.", "Yes.", "It depends on the model.", "3 years."] * 2
+    contexts = [[{"role": "user", "content": q}] for q in questions]
+    spy = ForwardSpy(backend.model)
+    together = backend.completion_nll(contexts, answers, batch_size=16)
+    backend.model.forward = spy.real
+    assert spy.rows == [2, 10]  # 2 contexts, then 10 answer rows
+    alone = [backend.completion_nll([c], [a])[0] for c, a in zip(contexts, answers, strict=True)]
+    assert together == [pytest.approx(a, abs=1e-9) for a in alone]

@@ -23,7 +23,13 @@ from transformers.generation.streamers import BaseStreamer
 
 from harness.backends import continuous, decode_attention, lm_head, packed_linear, register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
-from harness.backends.likelihood import masked_mean_nll, rows_from_masks, token_mean_nll
+from harness.backends.likelihood import (
+    masked_mean_nll,
+    rows_from_masks,
+    shared_context_nll,
+    shares_contexts,
+    token_mean_nll,
+)
 from harness.backends.loading import LoadedModel, cache_root, load_model, resolve_source
 from harness.backends.prefix_cache import (
     PrefixCache,
@@ -446,7 +452,12 @@ class TransformersBackend:
             rows.append((ctx + ans, len(ctx)))
         if rows:
             with self._no_packing(), self.using_adapter(None):
-                values = masked_mean_nll(self.model, rows, self._pad_id(), batch_size)
+                if shares_contexts(self.model) and all(n_ctx >= 1 for _, n_ctx in rows):
+                    values = shared_context_nll(
+                        self.model, rows, self._pad_id(), batch_size, self._cache_kwarg
+                    )
+                else:
+                    values = masked_mean_nll(self.model, rows, self._pad_id(), batch_size)
             for pos, value in zip(positions, values, strict=True):
                 out[pos] = float(value)
         return out

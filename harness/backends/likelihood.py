@@ -7,6 +7,7 @@ whose tokens are scored. Rows are right-padded (positions stay ``0..len-1``) and
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -119,3 +120,101 @@ def token_mean_nll(model: Any, rows: list[Row], pad_id: int, batch_size: int = 8
         total += (nll * mask).sum().item()
         count += int(mask.sum().item())
     return total / max(1, count)
+
+
+def shares_contexts(model: Any) -> bool:
+    """Whether ``shared_context_nll`` can run on ``model``: its forward takes ``logits_to_keep`` and its
+    cache is a plain dynamic one that rows can be picked from (not sliding-window or recurrent layers)."""
+    from harness.backends.continuous import plain_cache
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _keeps_logits(model) and plain_cache(getattr(inner, "config", None))
+
+
+def shared_context_nll(
+    model: Any, rows: list[Row], pad_id: int, batch_size: int = 8, cache_kwarg: str = "cache"
+) -> list[float]:
+    """Mean NLL per completion token of each row, as ``masked_mean_nll``, each distinct context computed once.
+
+    Why: answer perplexity scores every strategy's answer to a question after the same context (the
+    question in a chat turn), and on a CPU the forward pass is the whole cost: the demo's 460 answers (5
+    strategies x 92 questions) ran 35,005 positions through the model, 19,400 of them contexts that
+    repeat 5 times. Here contexts run ``batch_size`` at a time (distinct ones, longest first, left-padded;
+    the last position predicts each answer's first token); then their answers, longest first in batches
+    of ``batch_size`` rows (little padding), continue from a copy of their contexts' keys and values
+    (``reorder_cache`` picks each row's) at their own positions. Every row needs a context of at least one
+    token (its completion's first token is then scored).
+    """
+    if any(n_ctx < 1 or n_ctx >= len(ids) for ids, n_ctx in rows):
+        raise ValueError("every row needs a context and a completion")
+    from transformers.cache_utils import DynamicCache
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, n_ctx) in enumerate(rows):
+        groups.setdefault(tuple(ids[:n_ctx]), []).append(i)
+    contexts = sorted(groups, key=len, reverse=True)
+    device = next(model.parameters()).device
+    out = [0.0] * len(rows)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(contexts), batch_size):
+                chunk = contexts[start : start + batch_size]
+                width = len(chunk[0])
+                ctx_ids = torch.tensor([[pad_id] * (width - len(c)) + list(c) for c in chunk], device=device)
+                ctx_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
+                cache = DynamicCache(config=inner.config)
+                first = model(
+                    input_ids=ctx_ids,
+                    attention_mask=ctx_mask,
+                    position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{cache_kwarg: cache},
+                ).logits[:, -1]
+                members = [(c, i) for c, ctx in enumerate(chunk) for i in groups[ctx]]
+                members.sort(key=lambda m: rows[m[1]][1] - len(rows[m[1]][0]))  # longest answer first
+                for b in range(0, len(members), batch_size):
+                    part = members[b : b + batch_size]
+                    _score_part(model, rows, part, first, ctx_mask, cache, pad_id, cache_kwarg, out)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _score_part(
+    model: Any,
+    rows: list[Row],
+    part: list[tuple[int, int]],
+    first: torch.Tensor,
+    ctx_mask: torch.Tensor,
+    cache: Any,
+    pad_id: int,
+    cache_kwarg: str,
+    out: list[float],
+) -> None:
+    """Score the completions of ``part`` (``(context index in the chunk, row index)`` pairs) after their
+    contexts' cached keys and values; writes each row's mean NLL into ``out``."""
+    device = ctx_mask.device
+    pick = torch.tensor([c for c, _ in part], device=device)
+    picked = copy.deepcopy(cache)
+    picked.reorder_cache(pick)  # each row gets its own context's keys and values
+    answers = [rows[i][0][rows[i][1] :] for _, i in part]
+    span = len(answers[0])  # longest first
+    ans_ids = torch.tensor([a + [pad_id] * (span - len(a)) for a in answers], device=device)
+    ans_mask = torch.tensor([[1] * len(a) + [0] * (span - len(a)) for a in answers], device=device)
+    logits = model(
+        input_ids=ans_ids,
+        attention_mask=torch.cat([ctx_mask.index_select(0, pick), ans_mask], dim=1),
+        position_ids=ctx_mask.sum(-1).index_select(0, pick)[:, None] + torch.arange(span, device=device),
+        use_cache=True,
+        **{cache_kwarg: picked},
+    ).logits
+    for r, ((c, i), answer) in enumerate(zip(part, answers, strict=True)):
+        scored = torch.cat([first[c : c + 1], logits[r, : len(answer) - 1]])
+        dtype = torch.promote_types(scored.dtype, torch.float32)  # bf16/fp16 scored in fp32
+        out[i] = float(
+            torch.nn.functional.cross_entropy(scored.to(dtype), torch.tensor(answer, device=device))
+        )

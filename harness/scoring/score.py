@@ -156,30 +156,48 @@ def score_records(
 ) -> dict[str, Any]:
     """Per-example scores (and diagnostics, e.g. coherence's perplexity) of one strategy's records,
     keyed by example id, plus its latency summary."""
+    return score_strategies(metrics, {"": records}, inputs)[""]
+
+
+def score_strategies(
+    metrics: list[str], records: dict[str, list[dict[str, Any]]], inputs: ScoringInputs | None = None
+) -> dict[str, dict[str, Any]]:
+    """``score_records`` for several strategies at once: each metric scores every strategy's records in
+    one call (every metric scores a record on its own), so a model-based metric batches across them and
+    the answer perplexity runs each question's context once for all strategies' answers to it."""
     inputs = inputs or ScoringInputs()
-    records = attach_facts(sorted(records, key=lambda r: r["example_id"]), inputs.facts)
+    ordered = {
+        sid: attach_facts(sorted(recs, key=lambda r: r["example_id"]), inputs.facts)
+        for sid, recs in records.items()
+    }
+    flat = [r for recs in ordered.values() for r in recs]
     per: dict[str, list[float | None]] = {}
     diagnostics: dict[str, list[Any]] = {}
     for name in metrics:
-        per[name], diag = score_metric(get_metric(name), records, inputs)
+        per[name], diag = score_metric(get_metric(name), flat, inputs)
         diagnostics.update(diag)
-    per_example = {
-        r["example_id"]: {
-            **{m: per[m][i] for m in metrics},
-            **{k: values[i] for k, values in diagnostics.items()},
+    out: dict[str, dict[str, Any]] = {}
+    start = 0
+    for sid, recs in ordered.items():
+        rows = range(start, start + len(recs))
+        start += len(recs)
+        out[sid] = {
+            "n": len(recs),
+            "latency": latency_summary(
+                [r["latency_s"] for r in recs],
+                [r["new_tokens"] for r in recs],
+                [r["batch_seconds"] for r in recs if r.get("batch_seconds") is not None],
+            ),
+            "prompt_truncated": sum(1 for r in recs if r.get("prompt_truncated")),
+            "per_example": {
+                flat[i]["example_id"]: {
+                    **{m: per[m][i] for m in metrics},
+                    **{k: values[i] for k, values in diagnostics.items()},
+                }
+                for i in rows
+            },
         }
-        for i, r in enumerate(records)
-    }
-    return {
-        "n": len(records),
-        "latency": latency_summary(
-            [r["latency_s"] for r in records],
-            [r["new_tokens"] for r in records],
-            [r["batch_seconds"] for r in records if r.get("batch_seconds") is not None],
-        ),
-        "prompt_truncated": sum(1 for r in records if r.get("prompt_truncated")),
-        "per_example": per_example,
-    }
+    return out
 
 
 def score_run(
@@ -203,9 +221,9 @@ def score_run(
     inputs = ScoringInputs(backend=backend, scoring=config.scoring)
     if any("facts" in get_metric(m).needs for m in config.metrics):
         inputs.facts = eval_set_facts(config)
+    scored = score_strategies(config.metrics, {sid: preds.for_strategy(sid) for sid in order}, inputs)
     for sid in order:
-        scored = score_records(config.metrics, preds.for_strategy(sid), inputs)
         info = manifest.get("strategies", {}).get(sid, {})
-        result["strategies"][sid] = {"name": info.get("name"), "cost": info.get("cost", {}), **scored}
+        result["strategies"][sid] = {"name": info.get("name"), "cost": info.get("cost", {}), **scored[sid]}
     atomic_write_json(Path(run_dir) / "scores.json", result)
     return result
