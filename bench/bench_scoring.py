@@ -8,11 +8,16 @@ single user turn (``harness.scoring.perplexity``). Arms, one process, one model,
 
   plain     the pass as it was before issue 16's change: rows in example order, batches right-padded, the
             full ``[batch, width, vocab]`` logits projected and scored (the same-run baseline)
-  harness   ``harness.backends.likelihood``: rows longest first (little padding), logits projected only from
-            the batch's earliest completion on (``logits_to_keep``)
+  harness   ``harness.backends.likelihood.masked_mean_nll``: rows longest first (little padding), logits
+            projected only from the batch's earliest completion on (``logits_to_keep``); the pass for
+            models whose cache cannot be shared
+  shared    ``shared_context_nll``, the backend's pass since the eleventh session: each distinct context
+            (question) once, its answers continuing from its keys and values (with ``--run``, the 5
+            strategies' answers to a question share one context)
 
 Printed: rows, completion tokens, padded positions and logit positions each arm computed, seconds, the
-ratio harness / plain, and the largest absolute difference between the two arms' per-answer NLL.
+ratios harness / plain and shared / harness, and the largest absolute differences between the arms'
+per-answer NLL.
 """
 
 from __future__ import annotations
@@ -107,10 +112,17 @@ def main() -> None:
     start = time.perf_counter()
     ours = likelihood.masked_mean_nll(model, rows, pad, args.batch_size)
     ours_s = time.perf_counter() - start
-    model.forward = real
     padded = sum(b * w for b, w, _ in calls)
     projected = sum(b * k for b, _, k in calls)
+    calls.clear()
+    start = time.perf_counter()
+    shared = likelihood.shared_context_nll(model, rows, pad, args.batch_size, backend._cache_kwarg)
+    shared_s = time.perf_counter() - start
+    model.forward = real
+    shared_padded = sum(b * w for b, w, _ in calls)
+    shared_projected = sum(b * k for b, _, k in calls)
     diff = max(abs(a - b) for a, b in zip(plain, ours, strict=True))
+    shared_diff = max(abs(a - b) for a, b in zip(ours, shared, strict=True))
     print(
         f"model={args.model} rows={len(rows)} completion_tokens={completion_tokens} batch={args.batch_size} "
         f"threads={torch.get_num_threads()} source={'run ' + str(args.run) if args.run else 'reference answers'}"
@@ -120,7 +132,11 @@ def main() -> None:
         f"{'plain':<10}{plain_positions:>11}{plain_positions:>12}{plain_s:>10.2f}{len(rows) / plain_s:>11.1f}"
     )
     print(f"{'harness':<10}{padded:>11}{projected:>12}{ours_s:>10.2f}{len(rows) / ours_s:>11.1f}")
+    print(
+        f"{'shared':<10}{shared_padded:>11}{shared_projected:>12}{shared_s:>10.2f}{len(rows) / shared_s:>11.1f}"
+    )
     print(f"harness_vs_plain_seconds {ours_s / plain_s:.3f}   max |nll difference| {diff:.2e}")
+    print(f"shared_vs_harness_seconds {shared_s / ours_s:.3f}   max |nll difference| {shared_diff:.2e}")
 
 
 if __name__ == "__main__":
