@@ -50,10 +50,11 @@ def worker(arm: str, cache: str, limit: int | None, out: Path) -> dict:
 
         os.environ["ADAPTBENCH_PREFIX_CACHE"] = "0"
         os.environ["ADAPTBENCH_CONTINUOUS"] = "0"
-        from harness.backends.hf import TransformersBackend
 
         batching.SORT_BY_LENGTH = False
-        TransformersBackend._stop_criteria = lambda self, stops, width: None
+        from harness.backends.stopping import StopStrings
+
+        StopStrings.for_generate = lambda self, stops, width: None
     if arm == "generate":
         os.environ["ADAPTBENCH_CONTINUOUS"] = "0"
     overrides: dict = {"eval_set.limit": limit} if limit else {}

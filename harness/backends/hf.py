@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.generation.stopping_criteria import StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
 
 from harness.backends import continuous, decode_attention, lm_head, packed_linear, register_backend
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
@@ -39,38 +37,9 @@ from harness.backends.prefix_cache import (
     expand,
     layout,
 )
+from harness.backends.stopping import FirstTokenStreamer, StopStrings, end_ids, row_length
 from harness.config import GenerationConfig, ModelConfig
-from harness.latency import mark_first_token, probing
-
-
-class FirstTokenStreamer(BaseStreamer):
-    """``generate`` hands a streamer the prompt first, then each new token: the second ``put`` is the
-    first generated token (time to first token for the latency probe)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def put(self, value: Any) -> None:
-        self.calls += 1
-        if self.calls == 2:
-            mark_first_token()
-
-    def end(self) -> None:
-        pass
-
-
-class _NewTokens(StoppingCriteria):
-    """Apply a stopping criterion to the generated tokens only (left padding: they start at one column)."""
-
-    def __init__(self, inner: StoppingCriteria, prompt_width: int):
-        self.inner = inner
-        self.prompt_width = prompt_width
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        new = input_ids[:, self.prompt_width :]
-        if new.shape[1] == 0:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        return self.inner(new, scores, **kwargs)
+from harness.latency import probing
 
 
 @register_backend("transformers")
@@ -85,6 +54,9 @@ class TransformersBackend:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        self.stops = StopStrings(
+            self.tokenizer
+        )  # the library's stop-string criteria, built once per stop tuple
         self.context_window = loaded.info.context_window
         self.device = loaded.info.device
         self.merged_adapter: str | None = None
@@ -306,11 +278,7 @@ class TransformersBackend:
             kwargs["cache_implementation"] = "static"
         if probing():  # a latency-probe request: observe when the first new token exists
             kwargs["streamer"] = FirstTokenStreamer()
-        stop_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        gen_cfg = getattr(self.model, "generation_config", None)
-        eos = getattr(gen_cfg, "eos_token_id", None)
-        stop_ids.update(eos if isinstance(eos, list) else [eos])
-        stop_ids.discard(None)
+        stop_ids = end_ids(self.tokenizer, self.model)
         if self.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()  # a new prefix's forward pass is part of this call's time
@@ -323,7 +291,7 @@ class TransformersBackend:
                     params.batch_size,
                     params.max_new_tokens,
                     stop_ids,
-                    continuous.stop_strings_check(self._stop_strings(stops)) if stops else None,
+                    continuous.stop_strings_check(self.stops.criteria(stops)) if stops else None,
                     lambda new: self._prefill(new, adapter),
                     self.continuous_stats,
                     self._cache_kwarg,
@@ -335,7 +303,7 @@ class TransformersBackend:
         seconds = time.perf_counter() - start
         results = []
         for row, n_prompt, trunc in zip(rows, lengths, truncated, strict=True):
-            n_new, text = self._row_length(row, stop_ids, params.stop)
+            n_new, text = row_length(self.tokenizer, row, stop_ids, params.stop)
             results.append(Generation(cut_at_stop(text, params.stop), n_prompt, n_new, trunc))
         return BatchGeneration(results, seconds)
 
@@ -354,14 +322,14 @@ class TransformersBackend:
         self, ids: list[list[int]], kwargs: dict[str, Any], params: GenerationConfig, adapter: str | None
     ) -> list[list[int]]:
         """The library's ``generate`` on one left-padded batch; each row's new tokens (pads after a finished
-        row included: ``_row_length`` cuts them)."""
+        row included: ``stopping.row_length`` cuts them)."""
         inputs = self._with_prefix(ids, adapter) or self._padded(ids)
         width = inputs["input_ids"].shape[1]
         if params.stop:
             # Per-row stopping inside generate: a row that produced a stop string is finished (pads
             # from then on), and the batch ends as soon as every row is finished, instead of running
             # to max_new_tokens and cutting the text afterwards. Greedy text is unchanged (cut below).
-            kwargs["stopping_criteria"] = self._stop_criteria(tuple(params.stop), width)
+            kwargs["stopping_criteria"] = self.stops.for_generate(tuple(params.stop), width)
         out = self.model.generate(**inputs, **kwargs)
         return out[:, width:].tolist()
 
@@ -376,38 +344,6 @@ class TransformersBackend:
             return plain["input_ids"], plain["attention_mask"], DynamicCache(config=self.model.config)
         cache = inputs[self._cache_kwarg]
         return inputs["input_ids"][:, cache.get_seq_length() :], inputs["attention_mask"], cache
-
-    def _stop_strings(self, stops: tuple[str, ...]) -> Any:
-        """The library's ``StopStringCriteria`` for ``stops``, built once per backend: construction reads
-        and hashes the whole vocabulary (tens of ms), which would otherwise land in every request's TTFT."""
-        from transformers import StopStringCriteria
-
-        cache = self.__dict__.setdefault("_stop_cache", {})
-        if stops not in cache:
-            cache[stops] = StopStringCriteria(self.tokenizer, list(stops))
-        return cache[stops]
-
-    def _stop_criteria(self, stops: tuple[str, ...], prompt_width: int) -> Any:
-        """The library's ``StopStringCriteria`` for ``stops``, matched on the new tokens only.
-
-        The library's criterion reads the whole sequence, so a prompt ending in "\n" (every chat
-        template's generation prompt) plus a first generated "\n" would match "\n\n" and end the answer
-        before it starts, which cutting afterwards never did.
-        """
-        from transformers import StoppingCriteriaList
-
-        return StoppingCriteriaList([_NewTokens(self._stop_strings(stops), prompt_width)])
-
-    def _row_length(self, row: list[int], stop_ids: set[int], stops: list[str]) -> tuple[int, str]:
-        """(tokens this row really generated, their text). A row ends at its EOS (counted, it was
-        generated) or, with stop strings, at the token completing one: the pad after it is filler."""
-        end = next((i for i, tok in enumerate(row) if tok in stop_ids), None)
-        if end is None:
-            return len(row), self.tokenizer.decode(row, skip_special_tokens=True)
-        before = self.tokenizer.decode(row[:end], skip_special_tokens=True)
-        if stops and any(stop in before for stop in stops):
-            return end, before
-        return end + 1, self.tokenizer.decode(row[: end + 1], skip_special_tokens=True)
 
     # -- log-likelihood (LogLikelihood) --------------------------------------------------------
     @property
