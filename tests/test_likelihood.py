@@ -161,3 +161,32 @@ def test_backend_scores_answers_to_the_same_question_after_one_context_pass(back
     assert spy.rows == [2, 10]  # 2 contexts, then 10 answer rows
     alone = [backend.completion_nll([c], [a])[0] for c, a in zip(contexts, answers, strict=True)]
     assert together == [pytest.approx(a, abs=1e-9) for a in alone]
+
+
+def test_answer_perplexity_ignores_a_loaded_or_merged_adapter(tiny_model_dir, tmp_path):
+    """Through peft's wrapper, an adapter selected or merged: the base model's numbers (the coherence metric
+    must not grade a fine-tuned strategy by its own weights), and the adapter is still served afterwards."""
+    from tests.support.tiny_model import attach_strong_adapter, randomise_weights
+
+    backend = TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path / "m"))
+    attach_strong_adapter(backend, tiny_model_dir, tmp_path)
+    randomise_weights(backend.model, seed=5, draw_dtype=torch.float64)  # base and LoRA weights both matter
+    questions = ["How long is the warranty?"] * 3 + ["Do you ship to Canada?"] * 2
+    answers = ["3 years.", "Three years or 15,000 km.", "Yes.", "Yes, in 5 days.", "No."]
+    contexts = [[{"role": "user", "content": q}] for q in questions]
+    rows = []
+    for c, a in zip(contexts, answers, strict=True):
+        ctx = backend._ids(backend.render(c))
+        rows.append((ctx + backend._ids(a), len(ctx)))
+    with backend.model.disable_adapter():
+        base = [reference_nll(backend.model, ids, n) for ids, n in rows]
+    backend.model.set_adapter("a")
+    adapted = [reference_nll(backend.model, ids, n) for ids, n in rows]
+    assert all(abs(x - y) > 1e-3 for x, y in zip(base, adapted, strict=True))  # the adapter matters here
+    assert backend.completion_nll(contexts, answers) == [pytest.approx(b, abs=1e-9) for b in base]
+    backend.merge_adapter("a")
+    assert backend.completion_nll(contexts, answers) == [pytest.approx(b, abs=1e-9) for b in base]
+    backend.merge_adapter("a")
+    assert [reference_nll(backend.model, ids, n) for ids, n in rows] == [
+        pytest.approx(x, abs=1e-9) for x in adapted
+    ]
