@@ -7,6 +7,7 @@ whose tokens are scored. Rows are right-padded (positions stay ``0..len-1``) and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from collections.abc import Iterator
@@ -52,6 +53,18 @@ def _keeps_logits(model: Any) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _scoring(model: Any) -> Iterator[None]:
+    """Eval mode and no autograd inside; the model's mode is restored (a trainer may be mid-run)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def _each_batch(
     model: Any,
     rows: list[Row],
@@ -68,40 +81,35 @@ def _each_batch(
     device = next(model.parameters()).device
     keep_ok = _keeps_logits(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                chunk = [rows[i] for i in idx]
-                batch = pad_rows(chunk, pad_id)
-                width = batch["input_ids"].shape[1]
-                # The first scored prediction is made at the last context token of the earliest completion.
-                first = max(0, min(n_ctx for _, n_ctx in chunk) - 1) if keep_ok else 0
-                kwargs = {"logits_to_keep": width - first} if first else {}
-                logits = model(
-                    input_ids=batch["input_ids"].to(device),
-                    attention_mask=batch["attention_mask"].to(device),
-                    **kwargs,
-                ).logits
-                logits = logits[:, :-1]
-                dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16/fp16 scored in fp32
-                target = batch["labels"][:, first + 1 :].to(device)
-                # Row by row: one cross-entropy over the batch reshaped a view of the [batch, kept, vocab]
-                # logits (a full copy) and built a log-softmax of the same size beside it. The demo's
-                # rag_qlora validation pass (12 rows, bf16) peaked 433 MB above its start; now 217 MB.
-                nll = torch.stack(
-                    [
-                        torch.nn.functional.cross_entropy(
-                            logits[r].to(dtype), target[r], ignore_index=-100, reduction="none"
-                        )
-                        for r in range(len(chunk))
-                    ]
-                )
-                yield idx, nll, (target != -100).float()
-    finally:
-        model.train(was_training)
+    with _scoring(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            chunk = [rows[i] for i in idx]
+            batch = pad_rows(chunk, pad_id)
+            width = batch["input_ids"].shape[1]
+            # The first scored prediction is made at the last context token of the earliest completion.
+            first = max(0, min(n_ctx for _, n_ctx in chunk) - 1) if keep_ok else 0
+            kwargs = {"logits_to_keep": width - first} if first else {}
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                **kwargs,
+            ).logits
+            logits = logits[:, :-1]
+            dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16/fp16 scored in fp32
+            target = batch["labels"][:, first + 1 :].to(device)
+            # Row by row: one cross-entropy over the batch reshaped a view of the [batch, kept, vocab]
+            # logits (a full copy) and built a log-softmax of the same size beside it. The demo's
+            # rag_qlora validation pass (12 rows, bf16) peaked 433 MB above its start; now 217 MB.
+            nll = torch.stack(
+                [
+                    torch.nn.functional.cross_entropy(
+                        logits[r].to(dtype), target[r], ignore_index=-100, reduction="none"
+                    )
+                    for r in range(len(chunk))
+                ]
+            )
+            yield idx, nll, (target != -100).float()
 
 
 def masked_mean_nll(model: Any, rows: list[Row], pad_id: int, batch_size: int = 8) -> list[float]:
@@ -156,31 +164,26 @@ def shared_context_nll(
     contexts = sorted(groups, key=len, reverse=True)
     device = next(model.parameters()).device
     out = [0.0] * len(rows)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(contexts), batch_size):
-                chunk = contexts[start : start + batch_size]
-                width = len(chunk[0])
-                ctx_ids = torch.tensor([[pad_id] * (width - len(c)) + list(c) for c in chunk], device=device)
-                ctx_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
-                cache = DynamicCache(config=inner.config)
-                first = model(
-                    input_ids=ctx_ids,
-                    attention_mask=ctx_mask,
-                    position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True,
-                    logits_to_keep=1,
-                    **{cache_kwarg: cache},
-                ).logits[:, -1]
-                members = [(c, i) for c, ctx in enumerate(chunk) for i in groups[ctx]]
-                members.sort(key=lambda m: rows[m[1]][1] - len(rows[m[1]][0]))  # longest answer first
-                for b in range(0, len(members), batch_size):
-                    part = members[b : b + batch_size]
-                    _score_part(model, rows, part, first, ctx_mask, cache, pad_id, cache_kwarg, out)
-    finally:
-        model.train(was_training)
+    with _scoring(model):
+        for start in range(0, len(contexts), batch_size):
+            chunk = contexts[start : start + batch_size]
+            width = len(chunk[0])
+            ctx_ids = torch.tensor([[pad_id] * (width - len(c)) + list(c) for c in chunk], device=device)
+            ctx_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
+            cache = DynamicCache(config=inner.config)
+            first = model(
+                input_ids=ctx_ids,
+                attention_mask=ctx_mask,
+                position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_kwarg: cache},
+            ).logits[:, -1]
+            members = [(c, i) for c, ctx in enumerate(chunk) for i in groups[ctx]]
+            members.sort(key=lambda m: rows[m[1]][1] - len(rows[m[1]][0]))  # longest answer first
+            for b in range(0, len(members), batch_size):
+                part = members[b : b + batch_size]
+                _score_part(model, rows, part, first, ctx_mask, cache, pad_id, cache_kwarg, out)
     return out
 
 
