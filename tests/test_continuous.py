@@ -180,7 +180,7 @@ def test_keep_drops_rows_and_columns_no_row_attends_to():
 
 def test_positions_count_each_rows_own_tokens():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 0, 1, 1, 0], [1, 1, 1, 1, 1]])
-    assert continuous._positions(mask, 2).tolist() == [[1, 2], [2, 1], [3, 4]]
+    assert continuous.positions(mask, 2).tolist() == [[1, 2], [2, 1], [3, 4]]
 
 
 def test_models_with_sliding_window_layers_keep_generate():

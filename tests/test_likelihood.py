@@ -145,7 +145,10 @@ def test_shared_context_nll_equals_reference_and_computes_each_context_once(back
     assert sum(n for _, n in ans) == len(rows) and max(n for _, n in ans) <= 4
     segments: list[list[int]] = []  # answer widths after each context pass
     for width, keep in spy.calls:
-        segments.append([]) if keep == 1 else segments[-1].append(width)
+        if keep == 1:
+            segments.append([])
+        else:
+            segments[-1].append(width)
     assert all(seg == sorted(seg, reverse=True) for seg in segments) and len(segments) == 2
 
 

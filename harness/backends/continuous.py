@@ -105,7 +105,7 @@ def _keep(cache: Any, mask: torch.Tensor, keep: list[int]) -> torch.Tensor:
     return mask[:, start:]
 
 
-def _positions(mask: torch.Tensor, width: int) -> torch.Tensor:
+def positions(mask: torch.Tensor, width: int) -> torch.Tensor:
     """Position ids of the last ``width`` columns: each row counts only its own (unmasked) tokens, as
     ``generate`` derives them from the attention mask."""
     pos = mask.long().cumsum(-1) - 1
@@ -141,7 +141,7 @@ def decode(
             logits = model(
                 input_ids=ids,
                 attention_mask=new_mask,
-                position_ids=_positions(new_mask, ids.shape[1]),
+                position_ids=positions(new_mask, ids.shape[1]),
                 use_cache=True,
                 logits_to_keep=1,
                 **{cache_kwarg: new_cache},
@@ -160,7 +160,7 @@ def decode(
             logits = model(
                 input_ids=last[:, None],
                 attention_mask=mask,
-                position_ids=_positions(mask, 1),
+                position_ids=positions(mask, 1),
                 use_cache=True,
                 logits_to_keep=1,
                 **{cache_kwarg: cache},

@@ -54,9 +54,8 @@ class TransformersBackend:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.stops = StopStrings(
-            self.tokenizer
-        )  # the library's stop-string criteria, built once per stop tuple
+        # the library's stop-string criteria, built once per stop tuple
+        self.stops = StopStrings(self.tokenizer)
         self.context_window = loaded.info.context_window
         self.device = loaded.info.device
         self.merged_adapter: str | None = None

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from harness.backends.continuous import plain_cache, positions
+
 Row = tuple[list[int], int]
 
 
@@ -133,8 +135,6 @@ def token_mean_nll(model: Any, rows: list[Row], pad_id: int, batch_size: int = 8
 def shares_contexts(model: Any) -> bool:
     """Whether ``shared_context_nll`` can run on ``model``: its forward takes ``logits_to_keep`` and its
     cache is a plain dynamic one that rows can be picked from (not sliding-window or recurrent layers)."""
-    from harness.backends.continuous import plain_cache
-
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return _keeps_logits(model) and plain_cache(getattr(inner, "config", None))
 
@@ -174,7 +174,7 @@ def shared_context_nll(
             first = model(
                 input_ids=ctx_ids,
                 attention_mask=ctx_mask,
-                position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
+                position_ids=positions(ctx_mask, width),
                 use_cache=True,
                 logits_to_keep=1,
                 **{cache_kwarg: cache},
@@ -208,10 +208,11 @@ def _score_part(
     span = len(answers[0])  # longest first
     ans_ids = torch.tensor([a + [pad_id] * (span - len(a)) for a in answers], device=device)
     ans_mask = torch.tensor([[1] * len(a) + [0] * (span - len(a)) for a in answers], device=device)
+    mask = torch.cat([ctx_mask.index_select(0, pick), ans_mask], dim=1)
     logits = model(
         input_ids=ans_ids,
-        attention_mask=torch.cat([ctx_mask.index_select(0, pick), ans_mask], dim=1),
-        position_ids=ctx_mask.sum(-1).index_select(0, pick)[:, None] + torch.arange(span, device=device),
+        attention_mask=mask,
+        position_ids=positions(mask, span),  # each answer continues right after its own context
         use_cache=True,
         **{cache_kwarg: picked},
     ).logits
