@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -90,12 +91,41 @@ def init(timeout_s: float = 1800.0) -> None:
         logging.getLogger("adaptbench").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
 
 
-def finish() -> None:
-    """Tear down the process group this module started (end of a run; a no-op otherwise)."""
-    global _initialised_here
+def finish(poll_s: float = 0.2) -> None:
+    """Tear down the process group this module started, all ranks together (a no-op otherwise).
+
+    PyTorch wants ``destroy_process_group`` called by every rank at the end (for NCCL it is
+    collective), and a gloo rank that destroyed its group while rank 0 still held its own once died
+    at exit in CI (SIGABRT). Rank 0 works on alone (latency probe, scoring, report: minutes on a big
+    set), so the others wait for its word in the rendezvous store, polling: no collective timeout
+    however long rank 0 takes, and a signal is handled between polls (``signals.immediate``). The
+    barrier keeps rank 0, and the store its process may host, until every rank has the word.
+    """
+    global _initialised_here, _finishes
     if _initialised_here and active():
-        _dist().destroy_process_group()
+        dist = _dist()
+        store, key = _store(), f"adaptbench/finished/{_finishes}"  # a key per init/finish cycle
+        if store is not None and is_main():
+            store.set(key, "1")
+        elif store is not None:
+            while not store.check([key]):
+                time.sleep(poll_s)
+        dist.barrier()
+        dist.destroy_process_group()
+        _finishes += 1
     _initialised_here = False
+
+
+_finishes = 0
+
+
+def _store() -> Any:
+    """The default group's key-value store (torchrun's rendezvous store), or None if unreachable."""
+    getter = getattr(_dist().distributed_c10d, "_get_default_store", None)
+    try:
+        return getter() if getter else None
+    except (RuntimeError, ValueError):
+        return None
 
 
 def barrier() -> None:

@@ -230,7 +230,9 @@ def train(
     if distributed.is_main():
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
     ctx = open_context(config, eval_set, run_dir)
-    return run_dir, {s.id: s.train(ctx) for s in strategies}
+    results = {s.id: s.train(ctx) for s in strategies}
+    distributed.finish()
+    return run_dir, results
 
 
 def run(
@@ -360,7 +362,8 @@ def run(
                 strategy.prepare(ctx)
                 prepared.add(strategy.id)
     if not main:  # the rest is rank 0's: the single-request latency probe, scoring, the report
-        distributed.finish()
+        with signals.immediate():  # torchrun stopping the job (rank 0 failed) ends the wait at once
+            distributed.finish()
         return RunResult(run_dir=run_dir, scores={})
     with phase("latency_probe"):
         probe_latency(run_dir, config, strategies, examples, manifest, progress)

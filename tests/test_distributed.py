@@ -105,7 +105,9 @@ def test_adapter_cache_key_separates_ddp_training(monkeypatch):
 # -- real processes -----------------------------------------------------------------------------
 
 
-def torchrun(*args: str, cache: Path) -> subprocess.CompletedProcess:
+def torchrun(
+    *args: str, cache: Path, target: tuple[str, ...] = ("-m", "harness.cli")
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -117,7 +119,7 @@ def torchrun(*args: str, cache: Path) -> subprocess.CompletedProcess:
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     res = subprocess.run(
-        [*cmd, "-m", "harness.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [*cmd, *target, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return res
@@ -131,6 +133,31 @@ def _lines(run_dir: Path) -> list[dict]:
 def _per_example(run_dir: Path) -> dict:
     scores = json.loads((run_dir / "scores.json").read_text())
     return {sid: s["per_example"] for sid, s in scores["strategies"].items()}
+
+
+FINISH = """
+import json, time
+from harness import distributed
+
+distributed.init()
+if distributed.is_main():
+    time.sleep(2.0)  # rank 0's latency probe, scoring and report, alone
+start = time.time()
+distributed.finish()
+print(json.dumps({"rank": distributed.rank(), "start": start, "end": time.time(), "up": distributed.active()}))
+"""
+
+
+@pytest.mark.slow
+def test_ranks_tear_down_the_process_group_together(tmp_path):
+    """A rank done early waits in ``finish`` for rank 0 (through the store, no collective timeout)."""
+    script = tmp_path / "finish.py"
+    script.write_text(FINISH)
+    out = torchrun(cache=tmp_path / "c", target=(str(script),))
+    rows = {r["rank"]: r for r in map(json.loads, filter(None, out.stdout.splitlines()))}
+    assert set(rows) == {0, 1} and not rows[0]["up"] and not rows[1]["up"]
+    assert rows[1]["start"] < rows[0]["start"]  # rank 1 came first ...
+    assert rows[1]["end"] >= rows[0]["start"]  # ... and left only once rank 0 was finishing too
 
 
 @pytest.mark.slow
