@@ -136,7 +136,8 @@ def _per_example(run_dir: Path) -> dict:
 
 
 FINISH = """
-import json, time
+import json, sys, time
+from pathlib import Path
 from harness import distributed
 
 distributed.init()
@@ -144,7 +145,8 @@ if distributed.is_main():
     time.sleep(2.0)  # rank 0's latency probe, scoring and report, alone
 start = time.time()
 distributed.finish()
-print(json.dumps({"rank": distributed.rank(), "start": start, "end": time.time(), "up": distributed.active()}))
+row = {"start": start, "end": time.time(), "up": distributed.active()}
+(Path(sys.argv[1]) / f"rank{distributed.rank()}.json").write_text(json.dumps(row))
 """
 
 
@@ -153,9 +155,9 @@ def test_ranks_tear_down_the_process_group_together(tmp_path):
     """A rank done early waits in ``finish`` for rank 0 (through the store, no collective timeout)."""
     script = tmp_path / "finish.py"
     script.write_text(FINISH)
-    out = torchrun(cache=tmp_path / "c", target=(str(script),))
-    rows = {r["rank"]: r for r in map(json.loads, filter(None, out.stdout.splitlines()))}
-    assert set(rows) == {0, 1} and not rows[0]["up"] and not rows[1]["up"]
+    torchrun(str(tmp_path), cache=tmp_path / "c", target=(str(script),))
+    rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]  # one file per rank
+    assert not rows[0]["up"] and not rows[1]["up"]
     assert rows[1]["start"] < rows[0]["start"]  # rank 1 came first ...
     assert rows[1]["end"] >= rows[0]["start"]  # ... and left only once rank 0 was finishing too
 
