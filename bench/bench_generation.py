@@ -27,6 +27,10 @@ process, one model:
                 stop string), with and without weights packed once for oneDNN
                 (harness/backends/packed_linear.py); each request is sent in both arms back to back, in
                 alternating order, and the median of the per-request ratios is printed beside the sums
+  --arms fused: pass, fused on|off, single requests (fused projections on|off)
+                bf16 on CPU only, and only these arms: the pass with the stop string (ABBA order) and the
+                single requests with sibling projections (q/k/v, gate/up) as one product over a stacked
+                pack and apart (harness/backends/packed_linear.py), and the share of identical answers
   single requests (decode attention on|off)
                 CPU only: the same single requests with and without the attention of unmasked decoding
                 steps (harness/backends/decode_attention.py; ``bare`` runs without it)
@@ -140,6 +144,31 @@ def single_arms(strategy, examples, off, label: str, results: dict) -> list[floa
     return ratios
 
 
+def fused_arms(strategy, examples, packed, harness_arm, results: dict, single: int) -> None:
+    """``--arms fused``: the pass (with the stop string) with sibling projections stacked and apart, in
+    ABBA order against drift, then ``single`` requests both ways back to back (``single_arms``)."""
+    texts, wall = {}, {"on": 0.0, "off": 0.0}
+    for k, arm in enumerate(("on", "off", "off", "on")):
+        with packed.separate() if arm == "off" else contextlib.nullcontext():
+            texts[arm] = harness_arm(f"pass, fused {arm} #{k}", prefix=True)
+        wall[arm] += results[f"pass, fused {arm} #{k}"]["seconds"]
+    ratios = single_arms(strategy, examples[:single], packed.separate, "fused projections", results)
+    print(f"{'arm':<38}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
+    for name, r in results.items():
+        print(f"{name:<38}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens'] / r['seconds']:>10.1f}")
+    summary = {
+        "pass_fused_on_vs_off_wall": wall["on"] / wall["off"],
+        "single_fused_on_vs_off_wall": results["single requests (fused projections on)"]["seconds"]
+        / results["single requests (fused projections off)"]["seconds"],
+        "single_fused_on_vs_off_median": statistics.median(ratios),
+        "identical_answers_fused_on_off": sum(texts["on"][k] == texts["off"][k] for k in texts["on"])
+        / len(texts["on"]),
+    }
+    for key, value in summary.items():
+        print(f"{key:<38}{value:>8.3f}")
+    print(json.dumps({"arms": results, **summary}, default=float))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -154,6 +183,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--strategy", default="prompt", choices=sorted(STRATEGIES), help="whose prompts")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="model.dtype")
+    ap.add_argument(
+        "--arms",
+        default="all",
+        choices=["all", "fused"],
+        help="fused: only stacked sibling projections on/off",
+    )
     args = ap.parse_args()
 
     import torch
@@ -226,6 +261,11 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     packed = backend.packed  # None unless bf16 on CPU (harness/backends/packed_linear.py)
+    if args.arms == "fused":
+        if packed is None or not packed.groups:
+            raise SystemExit("--arms fused: no stacked sibling projections here (bf16 on a CPU only)")
+        strategy.ctx = context([args.stop])
+        return fused_arms(strategy, examples, packed, harness_arm, results, args.single)
     with (  # plain transformers
         decode_attention.suspended(loaded.model),
         packed.suspended() if packed is not None else contextlib.nullcontext(),

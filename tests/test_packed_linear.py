@@ -138,8 +138,8 @@ def test_adapter_merges_repack_before_the_request(bf16_backend, tiny_model_dir, 
     backend.load_adapter(str(tmp_path / "adapter"), "a")
     base = backend.generate(prompt, params).generations
     packs: list[int] = []
-    real = packed_linear._pack
-    monkeypatch.setattr(packed_linear, "_pack", lambda w: packs.append(1) or real(w))
+    real = packed_linear._reorder
+    monkeypatch.setattr(packed_linear, "_reorder", lambda w: packs.append(1) or real(w))
     backend.merge_adapter("a")
     at_merge = len(packs)
     assert at_merge > 0  # the merged weights were packed at the merge...
@@ -177,12 +177,16 @@ def test_switching_merged_adapters_repacks_each_weight_once(
     backend.merge_adapter("a")
     backend.generate(prompt, params, adapter="a")
     packs: list[int] = []
-    real = packed_linear._pack
-    monkeypatch.setattr(packed_linear, "_pack", lambda w: packs.append(1) or real(w))
+    real = packed_linear._reorder
+    monkeypatch.setattr(packed_linear, "_reorder", lambda w: packs.append(1) or real(w))
     backend.merge_adapter("b")
     written = {id(w) for w in backend._merged_weights("a") + backend._merged_weights("b")}
-    touched = [m for m in backend.packed.modules if id(m.weight) in written]
-    assert touched and len(packs) == len(touched)  # once each, not once per unmerge and once per merge
+    groups = set(backend.packed.groups.values())  # q/k/v and gate/up: one stacked pack each
+    touched = [
+        m for m in backend.packed.modules if id(m.weight) in written and id(m) not in backend.packed.groups
+    ]
+    touched += [g for g in groups if any(id(m.weight) in written for m in g.members)]
+    assert groups and touched and len(packs) == len(touched)  # once each, not per unmerge and per merge
     assert backend.generate(prompt, params, adapter="b").generations == want
     assert len(packs) == len(touched)
 
