@@ -182,6 +182,7 @@ def test_merge_matches_unmerged_adapter_and_unmerge_restores_base(
     tiny_model_dir, tmp_path, dtype, merged_atol
 ):
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     cfg = load_config_for(tiny_model_dir, tmp_path)
     cfg.model.dtype = dtype
@@ -206,15 +207,19 @@ def test_merge_matches_unmerged_adapter_and_unmerge_restores_base(
     assert not torch.allclose(base, with_adapter, atol=1e-4)
     backend.merge_adapter("a")
     assert backend.merged_adapter == "a"
-    assert torch.allclose(logits("a"), with_adapter, atol=merged_atol)
+    merged = logits("a")
+    assert torch.allclose(merged, with_adapter, atol=merged_atol)
     assert backend.merged_adapter == "a"
     assert torch.allclose(logits(None), base, atol=1e-4)  # another request unmerges first
     assert backend.merged_adapter is None
+    layers = [m for m in backend.model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and not any(m.merged for m in layers)  # peft's own record agrees (bf16: no subtraction)
     if dtype == "bfloat16":  # exact: the same weights, so the same logits
         assert all(torch.equal(p, weights[n]) for n, p in backend.model.named_parameters() if n in weights)
         assert torch.equal(logits(None), base)
+    backend.merge_adapter("a")  # merged again from the restored base: the same merged model
+    assert torch.allclose(logits("a"), merged, atol=1e-5)
     # Training loads its own copy; the inference base is unmerged first so no saved weights stay resident.
-    backend.merge_adapter("a")
     backend.training_copy("none")
     assert backend.merged_adapter is None and "_merge_backup" not in backend.__dict__
     assert torch.allclose(logits(None), base, atol=1e-4)

@@ -186,10 +186,18 @@ class TransformersBackend:
         stale for the caller to re-pack (a merge of another adapter right after: one re-pack, not two)."""
         if self.merged_adapter is None:
             return []
-        self.model.unmerge_adapter()
-        with torch.no_grad():
-            for weight, saved in self.__dict__.pop("_merge_backup", []):
-                weight.copy_(saved)
+        backup = self.__dict__.pop("_merge_backup", None)
+        if backup is None:
+            self.model.unmerge_adapter()  # fp32: peft's subtraction gives the base back to float rounding
+        else:  # bf16/fp16: the saved weights are the base; peft's subtraction would only be overwritten
+            with torch.no_grad():
+                for weight, saved in backup:
+                    weight.copy_(saved)
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for module in self.model.modules():  # what peft's unmerge leaves: no adapter merged
+                if isinstance(module, BaseTunerLayer):
+                    module.merged_adapters = []
         # Only packs need to know which weights were written (a walk over every module otherwise wasted).
         written = self._merged_weights(self.merged_adapter) if self.packed is not None else []
         if self.packed is not None and refresh:
