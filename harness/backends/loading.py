@@ -6,12 +6,15 @@ seconds and bitsandbytes can quantise it to 4-bit NF4 for QLoRA.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,13 +91,14 @@ def _dequantize(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     log.info("dequantising %s (first run only, ~20 s)", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent),
-        gguf_file=gguf.name,
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32,
-    )
+    with gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent),
+            gguf_file=gguf.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
@@ -105,6 +109,27 @@ def _dequantize(gguf: Path, target: Path) -> None:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """Inside, ``gguf.GGUFReader`` and ``gguf.get_tensor_name_map`` return one object per argument set.
+
+    transformers parses a GGUF file three times (tokenizer, config, weights: each parse walks the
+    49,152-token vocabulary field by field) and builds gguf's tensor-name map once per module (397 for
+    SmolLM2); both are pure functions of their arguments for a file nobody writes, and its loader
+    imports them from ``gguf`` at call time. The first run's dequantisation: ~0.5x the time
+    (docs/benchmarks.md), the same files.
+    """
+    import gguf as lib
+
+    reader, names = lib.GGUFReader, lib.get_tensor_name_map
+    lib.GGUFReader = functools.lru_cache(maxsize=2)(reader)
+    lib.get_tensor_name_map = functools.lru_cache(maxsize=8)(names)
+    try:
+        yield
+    finally:
+        lib.GGUFReader, lib.get_tensor_name_map = reader, names
 
 
 @dataclass
