@@ -197,9 +197,9 @@ class SiblingGroup:
 
     The first member called with an input computes every member's output and keeps the others' until
     they are asked for with that very input (the same object, unchanged since: identity and version
-    counter, where it has one), each once. A sibling called with another input while outputs are still waiting
-    (cross-attention: k/v read the encoder's states) turns the group off for good: its members then
-    compute apart. The pack follows the members' weights as a single pack does (storage pointer and
+    counter, where it has one), each once. A sibling called with another input while outputs are still
+    waiting (cross-attention: k/v read the encoder's states) turns the group off for good: its members
+    then compute apart. The pack follows the members' weights as a single pack does (storage pointer and
     version of each, ``refresh`` for writes through ``.data``).
     """
 
