@@ -88,12 +88,26 @@ class FakeOpenAI:
             status = self.fail_with.pop(0) if self.fail_with else None
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        released = False
+
+        def release() -> None:
+            """Out of flight *before* the answer is written: a client that has read it may send its next
+            request at once, and counting until after the write saw one more than it ever had open."""
+            nonlocal released
+            if not released:
+                released = True
+                with self.lock:
+                    self.in_flight -= 1
+
         try:
             if status is not None:
+                release()
                 return self._send(h, status, {"error": {"message": f"scripted {status}"}})
             if body.get("model") not in self.models:
+                release()
                 return self._send(h, 404, {"error": {"message": f"model {body.get('model')} not found"}})
             time.sleep(self.delay_s)
+            release()
             if h.path == "/v1/chat/completions":
                 text = "echo: " + [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
             elif h.path == "/v1/completions":
@@ -120,8 +134,7 @@ class FakeOpenAI:
                 self.stop_after = None
                 threading.Thread(target=self.stop, daemon=True).start()
         finally:
-            with self.lock:
-                self.in_flight -= 1
+            release()
 
     def _stream(self, h: BaseHTTPRequestHandler, path: str, words: list[str], usage: Any) -> None:
         h.send_response(200)
