@@ -110,7 +110,7 @@ class TransformersBackend:
             "prefix_cache": self.prefix_cache is not None,
             "exact_top_logits": self.exact_logits,
             "packed_linear": self.packed is not None,
-            "fused_projections": len(set(self.packed.groups.values())) if self.packed is not None else 0,
+            "fused_projections": len(self.packed.sibling_groups) if self.packed is not None else 0,
             "decode_attention": self.decode_attention,
             "continuous_batching": self.continuous,
         }

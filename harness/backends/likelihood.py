@@ -45,10 +45,15 @@ def pad_rows(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def _unwrapped(model: Any) -> Any:
+    """The transformers model under a peft wrapper (the model itself when not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _keeps_logits(model: Any) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; custom
     ``trust_remote_code`` models may not), looked up through a peft wrapper."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _unwrapped(model)
     try:
         return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
     except (TypeError, ValueError):
@@ -135,8 +140,7 @@ def token_mean_nll(model: Any, rows: list[Row], pad_id: int, batch_size: int = 8
 def shares_contexts(model: Any) -> bool:
     """Whether ``shared_context_nll`` can run on ``model``: its forward takes ``logits_to_keep`` and its
     cache is a plain dynamic one that rows can be picked from (not sliding-window or recurrent layers)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _keeps_logits(model) and plain_cache(getattr(inner, "config", None))
+    return _keeps_logits(model) and plain_cache(getattr(_unwrapped(model), "config", None))
 
 
 def shared_context_nll(
@@ -157,7 +161,7 @@ def shared_context_nll(
         raise ValueError("every row needs a context and a completion")
     from transformers.cache_utils import DynamicCache
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _unwrapped(model)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (ids, n_ctx) in enumerate(rows):
         groups.setdefault(tuple(ids[:n_ctx]), []).append(i)

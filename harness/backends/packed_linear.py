@@ -89,10 +89,9 @@ class PackedLinears:
             and not hasattr(m, "_hf_hook")  # accelerate's offload hooks own forward
         ]
         self.active = True
-        self.groups: dict[int, SiblingGroup] = {}  # id(member module) -> its group
-        if fused_by_env():
-            for group in sibling_groups(model, self.modules):
-                self.groups.update((id(m), group) for m in group.members)
+        self.sibling_groups = sibling_groups(model, self.modules) if fused_by_env() else []
+        # id(member module) -> its group: the lookup of every call
+        self.groups = {id(m): g for g in self.sibling_groups for m in g.members}
         for module in self.modules:
             # An instance attribute: nn.Module.__call__ (hooks included) calls it instead of Linear.forward.
             module.forward = functools.partial(_packed_forward, module, self)
@@ -113,7 +112,7 @@ class PackedLinears:
     @contextlib.contextmanager
     def separate(self) -> Iterator[None]:
         """Sibling projections computed apart inside, from single packs (benchmarks compare both; the
-        stacked packs are kept but not refreshed meanwhile, so write no weights inside)."""
+        stacked packs are kept and refreshed as usual)."""
         groups, self.groups = self.groups, {}
         try:
             yield
@@ -127,7 +126,7 @@ class PackedLinears:
         for module in self.modules:
             if id(module.weight) in ids and _ATTR in module.__dict__:
                 module.__dict__[_ATTR] = _pack(module.weight)
-        for group in set(self.groups.values()):
+        for group in self.sibling_groups:
             if group.pack is not None and any(id(t) in ids for m in group.members for t in _params(m)):
                 group.pack = group.build()
 
@@ -135,13 +134,13 @@ class PackedLinears:
         """Free every packed copy (they are rebuilt at the next decoding call)."""
         for module in self.modules:
             module.__dict__.pop(_ATTR, None)
-        for group in self.groups.values():
+        for group in self.sibling_groups:
             group.pack, group.pending = None, None
 
     @property
     def packed_bytes(self) -> int:
         packs = [m.__dict__[_ATTR][2] for m in self.modules if _ATTR in m.__dict__]
-        packs += [g.pack[1] for g in set(self.groups.values()) if g.pack is not None]
+        packs += [g.pack[1] for g in self.sibling_groups if g.pack is not None]
         return sum(p.numel() * p.element_size() for p in packs)
 
 
