@@ -31,6 +31,12 @@ process, one model:
                 bf16 on CPU only, and only these arms: the pass with the stop string (ABBA order) and the
                 single requests with sibling projections (q/k/v, gate/up) as one product over a stacked
                 pack and apart (harness/backends/packed_linear.py), and the share of identical answers
+  --arms gemv: pass, single requests (one-row gemv on|off)
+                bf16 on CPU only, and only these arms: the pass (its answers, for comparison) and the single
+                requests with their one-row products through PyTorch's gemv and through the packs
+                (harness/backends/packed_linear.py), and the shares of identical answers: single requests
+                with vs without, and each against the pass (a single request's answer is not its batched
+                one either way)
   single requests (decode attention on|off)
                 CPU only: the same single requests with and without the attention of unmasked decoding
                 steps (harness/backends/decode_attention.py; ``bare`` runs without it)
@@ -119,10 +125,10 @@ def harness_pass(strategy, examples, batch_size: int) -> tuple[float, int, dict[
     return time.perf_counter() - start, tokens, texts
 
 
-def single_arms(strategy, examples, off, label: str, results: dict) -> list[float]:
+def single_arms(strategy, examples, off, label: str, results: dict, texts: dict | None = None) -> list[float]:
     """Latency-probe-style single requests (one row each, the strategy's whole ``predict``), each sent with
     and without a speed-up (``off()`` turns it off) back to back, the order alternating: machine drift hits
-    both arms alike. Returns the per-request time ratios (on / off)."""
+    both arms alike. Returns the per-request time ratios (on / off); ``texts`` gets each arm's answers."""
     strategy.predict(examples[:1])  # warm: this strategy's prefix and the packs, as the probe's warm-up does
     with off():
         strategy.predict(examples[:1])
@@ -134,8 +140,11 @@ def single_arms(strategy, examples, off, label: str, results: dict) -> list[floa
         for name in sorted(arms, reverse=i % 2 == 1):
             with off() if name == off_name else contextlib.nullcontext():
                 start = time.perf_counter()
-                tokens = strategy.predict([example])[0].new_tokens
+                answer = strategy.predict([example])[0]
                 took[name] = time.perf_counter() - start
+            tokens = answer.new_tokens
+            if texts is not None:
+                texts.setdefault(name, {})[example["id"]] = answer.text
             arms[name][0] += took[name]
             arms[name][1] += tokens
         ratios.append(took[on_name] / took[off_name])
@@ -169,6 +178,31 @@ def fused_arms(strategy, examples, packed, harness_arm, results: dict, single: i
     print(json.dumps({"arms": results, **summary}, default=float))
 
 
+def gemv_arms(strategy, examples, packed, harness_arm, results: dict, single: int) -> None:
+    """``--arms gemv``: the pass (its answers), then ``single`` requests with one-row products through
+    PyTorch's gemv and through the packs, back to back (``single_arms``)."""
+    batched = harness_arm("pass (batched)", prefix=True)
+    texts: dict = {}
+    packed.gemv_calls = 0
+    ratios = single_arms(strategy, examples[:single], packed.plain_rows, "one-row gemv", results, texts)
+    on, off = texts["single requests (one-row gemv on)"], texts["single requests (one-row gemv off)"]
+    print(f"{'arm':<38}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
+    for name, r in results.items():
+        print(f"{name:<38}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens'] / r['seconds']:>10.1f}")
+    summary = {
+        "single_gemv_on_vs_off_wall": results["single requests (one-row gemv on)"]["seconds"]
+        / results["single requests (one-row gemv off)"]["seconds"],
+        "single_gemv_on_vs_off_median": statistics.median(ratios),
+        "identical_answers_single_gemv_on_off": sum(on[k] == off[k] for k in on) / len(on),
+        "identical_answers_single_off_vs_pass": sum(off[k] == batched[k] for k in off) / len(off),
+        "identical_answers_single_on_vs_pass": sum(on[k] == batched[k] for k in on) / len(on),
+        "gemv_products": packed.gemv_calls,
+    }
+    for key, value in summary.items():
+        print(f"{key:<38}{value:>8.3f}")
+    print(json.dumps({"arms": results, **summary}, default=float))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -186,8 +220,8 @@ def main() -> None:
     ap.add_argument(
         "--arms",
         default="all",
-        choices=["all", "fused"],
-        help="fused: only stacked sibling projections on/off",
+        choices=["all", "fused", "gemv"],
+        help="fused: only stacked sibling projections on/off; gemv: only single requests' one-row gemv on/off",
     )
     args = ap.parse_args()
 
@@ -266,6 +300,13 @@ def main() -> None:
             raise SystemExit("--arms fused: no stacked sibling projections here (bf16 on a CPU only)")
         strategy.ctx = context([args.stop])
         return fused_arms(strategy, examples, packed, harness_arm, results, args.single)
+    if args.arms == "gemv":
+        if packed is None or not packed.gemv:
+            raise SystemExit(
+                "--arms gemv: no packed linears here (bf16 on a CPU only) or ADAPTBENCH_ONE_ROW_GEMV=0"
+            )
+        strategy.ctx = context([args.stop])
+        return gemv_arms(strategy, examples, packed, harness_arm, results, args.single)
     with (  # plain transformers
         decode_attention.suspended(loaded.model),
         packed.suspended() if packed is not None else contextlib.nullcontext(),

@@ -100,7 +100,8 @@ def test_generation_is_identical_with_and_without_packing(bf16_backend):
     prompts = [[{"role": "user", "content": q}] for q in ("What?", "Where is my order", "Hi", "Battery size")]
     params = GenerationConfig(max_new_tokens=12)
     packed = [backend.generate(prompts, params).generations]
-    packed += [backend.generate([p], params).generations[0] for p in prompts]  # single requests: one row
+    with backend.packed.plain_rows():  # single requests' steps on the packs too (not PyTorch's gemv)
+        packed += [backend.generate([p], params).generations[0] for p in prompts]  # one row each
     assert backend.packed.packed_bytes > 0
     with backend.packed.suspended():
         plain = [backend.generate(prompts, params).generations]

@@ -79,7 +79,8 @@ class TransformersBackend:
             self.model, exact=os.environ.get("ADAPTBENCH_EXACT_LOGITS", "") != "0"
         )
         # bf16 linears on CPU generate (prefill and decoding steps) from weights packed once for oneDNN instead
-        # of at every call (harness/backends/packed_linear.py; bit-identical). Off with the static cache (compiled).
+        # of at every call (harness/backends/packed_linear.py; bit-identical), except the decoding steps of a
+        # single prompt (PyTorch's gemv, faster at one row). Off with the static cache (compiled).
         self.packed = (
             packed_linear.install(self.model) if self.device == "cpu" and not self.static_cache else None
         )
@@ -111,6 +112,7 @@ class TransformersBackend:
             "exact_top_logits": self.exact_logits,
             "packed_linear": self.packed is not None,
             "fused_projections": len(self.packed.sibling_groups) if self.packed is not None else 0,
+            "one_row_gemv": self.packed is not None and self.packed.gemv,
             "decode_attention": self.decode_attention,
             "continuous_batching": self.continuous,
         }
@@ -290,7 +292,7 @@ class TransformersBackend:
         if self.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()  # a new prefix's forward pass is part of this call's time
-        with torch.inference_mode(), self.using_adapter(adapter):
+        with torch.inference_mode(), self.using_adapter(adapter), self._one_row(len(ids)):
             if self._continues(params, len(ids)):
                 stops = tuple(params.stop)
                 rows = continuous.decode(
@@ -314,6 +316,10 @@ class TransformersBackend:
             n_new, text = row_length(self.tokenizer, row, stop_ids, params.stop)
             results.append(Generation(cut_at_stop(text, params.stop), n_prompt, n_new, trunc))
         return BatchGeneration(results, seconds)
+
+    def _one_row(self, n: int) -> contextlib.AbstractContextManager[None]:
+        """A call of one prompt decodes its steps through PyTorch's gemv (packed_linear.py); batches never."""
+        return self.packed.one_row_gemv() if self.packed is not None and n == 1 else contextlib.nullcontext()
 
     def _continues(self, params: GenerationConfig, n: int) -> bool:
         """Continuous batching for this call: greedy, more than one row, not a latency-probe request (whose

@@ -32,6 +32,18 @@ adapter training, and ``suspended()`` keeps likelihood passes pack-free. Weights
 adapter merged into the base, and unmerged) are re-packed: the backend calls ``refresh`` for the weights a
 merge touches (peft writes through ``.data``, unseen by the version counter), and every call checks the
 weight's storage pointer and version counter. ``ADAPTBENCH_PACKED_LINEAR=0`` turns it off.
+
+**Single requests: one-row products through PyTorch's own gemv.** oneDNN is a matrix-matrix library; a
+one-row product (every decoding step of a single request) reads its weight at about a third of the
+memory bandwidth this CPU has for a plain sum. PyTorch's native bf16 matrix-vector kernel (taken when
+oneDNN is off for the call) accumulates in fp32 as oneDNN does and streams the plain weight: the 30
+layers' products of one decoding step 0.69x the time of the stacked packed products, the LM head 0.81x
+(thirteenth session, 2-core Zen 4, interleaved). Its summation order is not oneDNN's, so the last bit of
+an output can differ and a greedy answer can take another word; that is why it serves only calls of a
+single prompt (``one_row_gemv``, set by the backend), never the rows of a batch, whose answers are the ones
+scored. A single request's answer already differs from its batched answer (another padding, another
+prefill shape: 8 of 16 zero-shot answers differ with or without this), so the latency probe measured
+single requests and still does. ``ADAPTBENCH_ONE_ROW_GEMV=0`` keeps one-row products on oneDNN.
 """
 
 from __future__ import annotations
@@ -76,6 +88,21 @@ def enabled_by_env() -> bool:
     return os.environ.get("ADAPTBENCH_PACKED_LINEAR", "1").strip() != "0"
 
 
+def gemv_by_env() -> bool:
+    return os.environ.get("ADAPTBENCH_ONE_ROW_GEMV", "1").strip() != "0"
+
+
+def _gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` of one row with oneDNN off for this call only: PyTorch's native bf16 gemv. The flag is
+    process-wide, but generation runs on one thread, and nothing else is called while it is off."""
+    before = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        return F.linear(x, weight, bias)
+    finally:
+        torch._C._set_mkldnn_enabled(before)
+
+
 class PackedLinears:
     """The plain bf16 ``nn.Linear`` modules of a CPU model, computing inference calls from packed weights."""
 
@@ -89,6 +116,9 @@ class PackedLinears:
             and not hasattr(m, "_hf_hook")  # accelerate's offload hooks own forward
         ]
         self.active = True
+        self.gemv = gemv_by_env()  # single requests may take PyTorch's gemv (``plain_rows`` turns it off)
+        self.one_row = False  # one-row products through PyTorch's gemv now: ``one_row_gemv``
+        self.gemv_calls = 0  # how many products took that route (tests, the bench)
         self.sibling_groups = sibling_groups(model, self.modules) if fused_by_env() else []
         # id(member module) -> its group: the lookup of every call
         self.groups = {id(m): g for g in self.sibling_groups for m in g.members}
@@ -108,6 +138,25 @@ class PackedLinears:
             yield
         finally:
             self.active = before
+
+    @contextlib.contextmanager
+    def one_row_gemv(self) -> Iterator[None]:
+        """Inside, products of a single row (decoding steps of a single request) use PyTorch's gemv
+        instead of the packs; other calls are unchanged. The backend enters it for calls of one prompt."""
+        self.one_row, before = self.gemv, self.one_row
+        try:
+            yield
+        finally:
+            self.one_row = before
+
+    @contextlib.contextmanager
+    def plain_rows(self) -> Iterator[None]:
+        """One-row products stay on the packs inside, single requests included (benchmarks compare)."""
+        self.gemv, before = False, self.gemv
+        try:
+            yield
+        finally:
+            self.gemv = before
 
     @contextlib.contextmanager
     def separate(self) -> Iterator[None]:
@@ -146,6 +195,9 @@ class PackedLinears:
 
 def _packed_forward(self: torch.nn.Linear, owner: PackedLinears, x: torch.Tensor) -> torch.Tensor:
     weight = self.weight
+    if owner.one_row and owner.active and x.numel() == x.shape[-1]:  # first: fewer checks per step
+        owner.gemv_calls += 1
+        return _gemv(x, weight, self.bias)
     if (
         not owner.active
         or x.dtype != torch.bfloat16  # the model may have been cast since install
