@@ -103,6 +103,17 @@ def _gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> t
         torch._C._set_mkldnn_enabled(before)
 
 
+@contextlib.contextmanager
+def _setting(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.<name>`` is ``value`` inside the block and what it was before after it."""
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
+
+
 class PackedLinears:
     """The plain bf16 ``nn.Linear`` modules of a CPU model, computing inference calls from packed weights."""
 
@@ -126,47 +137,27 @@ class PackedLinears:
             # An instance attribute: nn.Module.__call__ (hooks included) calls it instead of Linear.forward.
             module.forward = functools.partial(_packed_forward, module, self)
 
-    @contextlib.contextmanager
-    def suspended(self, release: bool = True) -> Iterator[None]:
+    def suspended(self, release: bool = True) -> contextlib.AbstractContextManager[None]:
         """Plain ``F.linear`` inside (no packs made or used), every pack freed first unless ``release`` is
         false: for passes that do not decode, such as likelihood scoring, whose calls would otherwise
         pack the model again (and for benchmarks comparing both paths)."""
         if release:
             self.release()
-        self.active, before = False, self.active
-        try:
-            yield
-        finally:
-            self.active = before
+        return _setting(self, "active", False)
 
-    @contextlib.contextmanager
-    def one_row_gemv(self) -> Iterator[None]:
+    def one_row_gemv(self) -> contextlib.AbstractContextManager[None]:
         """Inside, products of a single row (decoding steps of a single request) use PyTorch's gemv
         instead of the packs; other calls are unchanged. The backend enters it for calls of one prompt."""
-        self.one_row, before = self.gemv, self.one_row
-        try:
-            yield
-        finally:
-            self.one_row = before
+        return _setting(self, "one_row", self.gemv)
 
-    @contextlib.contextmanager
-    def plain_rows(self) -> Iterator[None]:
+    def plain_rows(self) -> contextlib.AbstractContextManager[None]:
         """One-row products stay on the packs inside, single requests included (benchmarks compare)."""
-        self.gemv, before = False, self.gemv
-        try:
-            yield
-        finally:
-            self.gemv = before
+        return _setting(self, "gemv", False)
 
-    @contextlib.contextmanager
-    def separate(self) -> Iterator[None]:
+    def separate(self) -> contextlib.AbstractContextManager[None]:
         """Sibling projections computed apart inside, from single packs (benchmarks compare both; the
         stacked packs are kept and refreshed as usual)."""
-        groups, self.groups = self.groups, {}
-        try:
-            yield
-        finally:
-            self.groups = groups
+        return _setting(self, "groups", {})
 
     def refresh(self, tensors: list[torch.Tensor]) -> None:
         """Re-pack now the packed modules whose weight is one of ``tensors`` (written in place, e.g. by an
