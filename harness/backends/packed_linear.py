@@ -42,8 +42,8 @@ layers' products of one decoding step 0.69x the time of the stacked packed produ
 an output can differ and a greedy answer can take another word; that is why it serves only calls of a
 single prompt (``one_row_gemv``, set by the backend), never the rows of a batch, whose answers are the ones
 scored. A single request's answer already differs from its batched answer (another padding, another
-prefill shape: 8 of 16 zero-shot answers differ with or without this), so the latency probe measured
-single requests and still does. ``ADAPTBENCH_ONE_ROW_GEMV=0`` keeps one-row products on oneDNN.
+prefill shape: 7 of 24 zero-shot answers differ without this, 8 of 24 with it), so the latency probe
+measures what it measured: single requests as one user sends them. ``ADAPTBENCH_ONE_ROW_GEMV=0`` keeps one-row products on oneDNN.
 """
 
 from __future__ import annotations
