@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,12 @@ def register_backend(name: str) -> Callable[[T], T]:
         return cls
 
     return deco
+
+
+def switched_on(variable: str) -> bool:
+    """A speed-up's escape hatch: on unless the environment sets ``variable`` to ``0`` (also the baseline
+    arm of the benchmarks)."""
+    return os.environ.get(variable, "1").strip() != "0"
 
 
 def _where(cls: Any) -> str:

@@ -24,7 +24,6 @@ near-tie a greedy answer may flip, as it may between two batch compositions in `
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from harness.backends import switched_on
 
 # generation_config fields that make generate change the logits or the choice; any set -> generate
 _PROCESSING = {
@@ -59,7 +60,7 @@ StopCheck = Callable[[list[list[int]]], list[bool]]
 
 def enabled_by_env() -> bool:
     """On unless ``ADAPTBENCH_CONTINUOUS=0`` (an escape hatch and the benchmark's baseline arm)."""
-    return os.environ.get("ADAPTBENCH_CONTINUOUS", "1").strip() != "0"
+    return switched_on("ADAPTBENCH_CONTINUOUS")
 
 
 def plain_greedy(generation_config: Any) -> bool:

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from harness.backends import switched_on
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DTYPES = (torch.bfloat16, torch.float16)
 
 
 def enabled_by_env() -> bool:
-    return os.environ.get("ADAPTBENCH_DECODE_ATTENTION", "1").strip() != "0"
+    return switched_on("ADAPTBENCH_DECODE_ATTENTION")
 
 
 def decode_attention(

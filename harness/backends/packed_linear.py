@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from harness.backends import switched_on
 
 _ATTR = "_adaptbench_pack"  # (storage pointer, version, packed weight) on the module
 # Sibling projections of one input, by attribute name (Llama, Mistral, Qwen2, Gemma, SmolLM, ...).
@@ -85,11 +86,7 @@ def available() -> bool:
 
 
 def enabled_by_env() -> bool:
-    return os.environ.get("ADAPTBENCH_PACKED_LINEAR", "1").strip() != "0"
-
-
-def gemv_by_env() -> bool:
-    return os.environ.get("ADAPTBENCH_ONE_ROW_GEMV", "1").strip() != "0"
+    return switched_on("ADAPTBENCH_PACKED_LINEAR")
 
 
 def _gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -127,10 +124,13 @@ class PackedLinears:
             and not hasattr(m, "_hf_hook")  # accelerate's offload hooks own forward
         ]
         self.active = True
-        self.gemv = gemv_by_env()  # single requests may take PyTorch's gemv (``plain_rows`` turns it off)
+        # single requests may take PyTorch's gemv (``plain_rows`` turns it off)
+        self.gemv = switched_on("ADAPTBENCH_ONE_ROW_GEMV")
         self.one_row = False  # one-row products through PyTorch's gemv now: ``one_row_gemv``
         self.gemv_calls = 0  # how many products took that route (tests, the bench)
-        self.sibling_groups = sibling_groups(model, self.modules) if fused_by_env() else []
+        self.sibling_groups = (
+            sibling_groups(model, self.modules) if switched_on("ADAPTBENCH_FUSED_PROJECTIONS") else []
+        )
         # id(member module) -> its group: the lookup of every call
         self.groups = {id(m): g for g in self.sibling_groups for m in g.members}
         for module in self.modules:
@@ -219,10 +219,6 @@ def _pack(weight: torch.Tensor) -> tuple[int, int, torch.Tensor]:
 def _reorder(weight: torch.Tensor) -> torch.Tensor:
     """Every pack, single or stacked, is made here (tests count them)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-
-
-def fused_by_env() -> bool:
-    return os.environ.get("ADAPTBENCH_FUSED_PROJECTIONS", "1").strip() != "0"
 
 
 def _version(x: torch.Tensor) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -28,13 +27,15 @@ from typing import Any
 
 import torch
 
+from harness.backends import switched_on
+
 MIN_PREFIX_TOKENS = 32  # shorter shared prefixes save too little prefill to pay for the copy
 CAPACITY = 8  # prefixes remembered (a run has a few strategies x adapters; each prefix is a few MB)
 
 
 def enabled_by_env() -> bool:
     """On unless ``ADAPTBENCH_PREFIX_CACHE=0`` (an escape hatch and the benchmark's baseline arm)."""
-    return os.environ.get("ADAPTBENCH_PREFIX_CACHE", "1").strip() != "0"
+    return switched_on("ADAPTBENCH_PREFIX_CACHE")
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
