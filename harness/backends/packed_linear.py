@@ -71,16 +71,7 @@ def available() -> bool:
         ops = torch.ops.mkldnn
         if not (torch.backends.mkldnn.is_available() and ops._is_mkldnn_bf16_supported()):
             return False
-        gen = torch.Generator().manual_seed(0)
-        weight = torch.randn(96, 64, generator=gen).bfloat16()
-        bias = torch.randn(96, generator=gen).bfloat16()
-        packed = ops._reorder_linear_weight(weight, 1)
-        for rows in (1, 3, 40):  # a decoding step, a small batch, a prefill
-            x = torch.randn(rows, 64, generator=gen).bfloat16()
-            got = ops._linear_pointwise(x, packed, bias, "none", [], "")
-            if not torch.equal(got, F.linear(x, weight, bias)):
-                return False
-        return True
+        return fusable(64, (96,), True)  # one weight, with a bias
     except (AttributeError, RuntimeError):  # an op missing in this build, or refused on this CPU
         return False
 
@@ -300,8 +291,9 @@ def sibling_groups(model: torch.nn.Module, packable: list[torch.nn.Linear]) -> l
 
 @functools.cache
 def fusable(width: int, sizes: tuple[int, ...], bias: bool) -> bool:
-    """The stacked product's slices equal ``F.linear`` of each member bit for bit at this shape (oneDNN
-    may pick its kernel by the output width): random weights, 1, 3 and 40 rows."""
+    """The packed product of weights stacked in ``sizes`` (one size: a single pack) gives each member's
+    ``F.linear`` bit for bit at this shape (oneDNN may pick its kernel by the output width): random
+    weights, 1, 3 and 40 rows (a decoding step, a small batch, a prefill)."""
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(n, width, generator=gen).bfloat16() for n in sizes]
     biases = [torch.randn(n, generator=gen).bfloat16() if bias else None for n in sizes]
