@@ -1,0 +1,123 @@
+"""Adapters on the transformers backend's shared base: attached, selected per call, merged and unmerged.
+
+A mixin of ``TransformersBackend`` (harness/backends/hf.py), which owns the state used here: the model
+(a ``PeftModel`` once an adapter is loaded), its load info (dtype), the prefix cache (keyed by adapter),
+the packed linears (re-packed after a merge writes weights) and ``merged_adapter``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+import torch
+
+from harness.backends.loading import LoadedModel
+from harness.backends.packed_linear import PackedLinears
+from harness.backends.prefix_cache import PrefixCache
+
+
+class AdapterSwitching:
+    """peft adapters on one base model: no second copy of the base weights, one adapter merged at most."""
+
+    model: Any
+    loaded: LoadedModel
+    prefix_cache: PrefixCache | None
+    packed: PackedLinears | None
+    merged_adapter: str | None
+
+    def load_adapter(self, path: str, name: str) -> None:
+        """Attach a peft adapter to the shared base (no second copy of the base weights)."""
+        from peft import PeftModel
+
+        self._unmerge()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()  # belt and braces: entries are keyed by adapter name, names may be reused
+        if isinstance(self.model, PeftModel):
+            if name not in self.model.peft_config:
+                self.model.load_adapter(path, adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+        self.model.eval()
+
+    def merge_adapter(self, name: str) -> None:
+        """Fold adapter ``name`` into the base weights for faster generation with it (unquantized bases).
+
+        Merging the adapter already merged does nothing. Any other request (another adapter, or none)
+        unmerges first and gets the base back: in fp32 peft's
+        subtraction restores it up to float rounding (~1e-7 relative); in bf16/fp16 it cannot (W + BA was
+        rounded to 8 mantissa bits: measured, 875k of the default model's weights came back off by up to
+        4e-3), so the base weights the merge touches are kept on the CPU and copied back exactly.
+        """
+        if self.merged_adapter == name:
+            return
+        unmerged = self._unmerge(refresh=False)  # re-packed below, once with what the merge writes
+        self.model.set_adapter(name)
+        weights = self._merged_weights(name)
+        if self.loaded.info.dtype not in ("float32", "float64"):
+            self._merge_backup = [(w, w.detach().to("cpu", copy=True)) for w in weights]
+        self.model.merge_adapter([name])
+        self.merged_adapter = name
+        if self.packed is not None:
+            # peft merges through ``.data`` (no version bump): re-pack what it wrote now, while merging is
+            # untimed, not in the next (maybe timed) request. Unmerging does the same.
+            self.packed.refresh(unmerged + weights)
+
+    def unmerge_adapter(self) -> None:
+        """Serve the plain base weights: a merged adapter is unmerged now (before a base request, untimed)."""
+        self._unmerge()
+
+    def _merged_weights(self, name: str) -> list[torch.Tensor]:
+        """The base-layer weights and biases a merge of adapter ``name`` writes to."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        out: list[torch.Tensor] = []
+        for module in self.model.modules():
+            if isinstance(module, BaseTunerLayer) and any(
+                name in getattr(module, attr, {}) for attr in module.adapter_layer_names
+            ):
+                base = module.get_base_layer()
+                out += [t for t in (base.weight, getattr(base, "bias", None)) if t is not None]
+        return out
+
+    def _unmerge(self, refresh: bool = True) -> list[torch.Tensor]:
+        """Give the base weights back; returns the weights written. ``refresh=False`` leaves their packs
+        stale for the caller to re-pack (a merge of another adapter right after: one re-pack, not two)."""
+        if self.merged_adapter is None:
+            return []
+        backup = self.__dict__.pop("_merge_backup", None)
+        if backup is None:
+            self.model.unmerge_adapter()  # fp32: peft's subtraction gives the base back to float rounding
+        else:  # bf16/fp16: the saved weights are the base; peft's subtraction would only be overwritten
+            with torch.no_grad():
+                for weight, saved in backup:
+                    weight.copy_(saved)
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for module in self.model.modules():  # what peft's unmerge leaves: no adapter merged
+                if isinstance(module, BaseTunerLayer):
+                    module.merged_adapters = []
+        # Only packs need to know which weights were written (a walk over every module otherwise wasted).
+        written = self._merged_weights(self.merged_adapter) if self.packed is not None else []
+        if self.packed is not None and refresh:
+            self.packed.refresh(written)
+        self.merged_adapter = None
+        return written
+
+    def using_adapter(self, adapter: str | None):
+        """Context in which the model computes with adapter ``adapter`` (``None``: the plain base)."""
+        # Not imported here: a PeftModel exists only once peft is imported, and importing it (with
+        # bitsandbytes) costs seconds in runs that load no adapter.
+        peft = sys.modules.get("peft")
+        if peft is None or not isinstance(self.model, peft.PeftModel):
+            if adapter is not None:
+                raise ValueError(f"adapter {adapter!r} requested but none is loaded")
+            return contextlib.nullcontext()
+        if adapter is not None and adapter == self.merged_adapter:
+            return contextlib.nullcontext()
+        self._unmerge()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
