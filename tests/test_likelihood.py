@@ -91,7 +91,7 @@ def test_model_without_logits_to_keep_scores_all_positions(backend, monkeypatch)
     model = backend.model
     rows = random_rows(backend.vocab_size, 6, seed=3)
     kept = likelihood.masked_mean_nll(model, rows, backend._pad_id(), batch_size=4)
-    monkeypatch.setattr(likelihood, "_keeps_logits", lambda m: False)
+    monkeypatch.setattr(likelihood, "keeps_logits", lambda m: False)
     spy = ForwardSpy(model)
     full = likelihood.masked_mean_nll(model, rows, backend._pad_id(), batch_size=4)
     assert all(keep == 0 for _, keep in spy.calls)

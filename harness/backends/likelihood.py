@@ -50,7 +50,7 @@ def _unwrapped(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _keeps_logits(model: Any) -> bool:
+def keeps_logits(model: Any) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; custom
     ``trust_remote_code`` models may not), looked up through a peft wrapper."""
     inner = _unwrapped(model)
@@ -86,7 +86,7 @@ def _each_batch(
     earliest completion on (``logits_to_keep``): context positions need no ``[width, vocab]`` logits.
     """
     device = next(model.parameters()).device
-    keep_ok = _keeps_logits(model)
+    keep_ok = keeps_logits(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     with _scoring(model):
         for start in range(0, len(order), batch_size):
@@ -140,7 +140,7 @@ def token_mean_nll(model: Any, rows: list[Row], pad_id: int, batch_size: int = 8
 def shares_contexts(model: Any) -> bool:
     """Whether ``shared_context_nll`` can run on ``model``: its forward takes ``logits_to_keep`` and its
     cache is a plain dynamic one that rows can be picked from (not sliding-window or recurrent layers)."""
-    return _keeps_logits(model) and plain_cache(getattr(_unwrapped(model), "config", None))
+    return keeps_logits(model) and plain_cache(getattr(_unwrapped(model), "config", None))
 
 
 def shared_context_nll(

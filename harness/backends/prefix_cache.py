@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from harness.backends import switched_on
+from harness.backends.likelihood import keeps_logits
 
 MIN_PREFIX_TOKENS = 32  # shorter shared prefixes save too little prefill to pay for the copy
 CAPACITY = 8  # prefixes remembered (a run has a few strategies x adapters; each prefix is a few MB)
@@ -124,8 +125,7 @@ def compute_prefix_kv(model: Any, prefix: Sequence[int], device: Any) -> Any | N
 
     ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
     kwargs: dict[str, Any] = {}
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
-    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+    if keeps_logits(model):  # looked up through a peft wrapper
         kwargs["logits_to_keep"] = 1  # only the keys and values are wanted, not a vocabulary row per token
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **kwargs)
     cache = getattr(out, "cache", None)
