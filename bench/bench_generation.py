@@ -153,6 +153,21 @@ def single_arms(strategy, examples, off, label: str, results: dict, texts: dict 
     return ratios
 
 
+def identical(a: dict[str, str], b: dict[str, str]) -> float:
+    """The share of ``a``'s answers that ``b`` gives word for word (keyed by example id)."""
+    return sum(a[k] == b[k] for k in a) / len(a)
+
+
+def report(results: dict, summary: dict) -> None:
+    """The arms' table, the summary ratios, and both as one JSON line (the single-purpose ``--arms`` runs)."""
+    print(f"{'arm':<38}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
+    for name, r in results.items():
+        print(f"{name:<38}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens'] / r['seconds']:>10.1f}")
+    for key, value in summary.items():
+        print(f"{key:<38}{value:>8.3f}")
+    print(json.dumps({"arms": results, **summary}, default=float))
+
+
 def fused_arms(strategy, examples, packed, harness_arm, results: dict, single: int) -> None:
     """``--arms fused``: the pass (with the stop string) with sibling projections stacked and apart, in
     ABBA order against drift, then ``single`` requests both ways back to back (``single_arms``)."""
@@ -162,20 +177,14 @@ def fused_arms(strategy, examples, packed, harness_arm, results: dict, single: i
             texts[arm] = harness_arm(f"pass, fused {arm} #{k}", prefix=True)
         wall[arm] += results[f"pass, fused {arm} #{k}"]["seconds"]
     ratios = single_arms(strategy, examples[:single], packed.separate, "fused projections", results)
-    print(f"{'arm':<38}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
-    for name, r in results.items():
-        print(f"{name:<38}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens'] / r['seconds']:>10.1f}")
     summary = {
         "pass_fused_on_vs_off_wall": wall["on"] / wall["off"],
         "single_fused_on_vs_off_wall": results["single requests (fused projections on)"]["seconds"]
         / results["single requests (fused projections off)"]["seconds"],
         "single_fused_on_vs_off_median": statistics.median(ratios),
-        "identical_answers_fused_on_off": sum(texts["on"][k] == texts["off"][k] for k in texts["on"])
-        / len(texts["on"]),
+        "identical_answers_fused_on_off": identical(texts["on"], texts["off"]),
     }
-    for key, value in summary.items():
-        print(f"{key:<38}{value:>8.3f}")
-    print(json.dumps({"arms": results, **summary}, default=float))
+    report(results, summary)
 
 
 def gemv_arms(strategy, examples, packed, harness_arm, results: dict, single: int) -> None:
@@ -186,21 +195,16 @@ def gemv_arms(strategy, examples, packed, harness_arm, results: dict, single: in
     packed.gemv_calls = 0
     ratios = single_arms(strategy, examples[:single], packed.plain_rows, "one-row gemv", results, texts)
     on, off = texts["single requests (one-row gemv on)"], texts["single requests (one-row gemv off)"]
-    print(f"{'arm':<38}{'tokens':>8}{'seconds':>10}{'tok/s':>10}")
-    for name, r in results.items():
-        print(f"{name:<38}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens'] / r['seconds']:>10.1f}")
     summary = {
         "single_gemv_on_vs_off_wall": results["single requests (one-row gemv on)"]["seconds"]
         / results["single requests (one-row gemv off)"]["seconds"],
         "single_gemv_on_vs_off_median": statistics.median(ratios),
-        "identical_answers_single_gemv_on_off": sum(on[k] == off[k] for k in on) / len(on),
-        "identical_answers_single_off_vs_pass": sum(off[k] == batched[k] for k in off) / len(off),
-        "identical_answers_single_on_vs_pass": sum(on[k] == batched[k] for k in on) / len(on),
+        "identical_answers_single_gemv_on_off": identical(on, off),
+        "identical_answers_single_off_vs_pass": identical(off, batched),
+        "identical_answers_single_on_vs_pass": identical(on, batched),
         "gemv_products": packed.gemv_calls,
     }
-    for key, value in summary.items():
-        print(f"{key:<38}{value:>8.3f}")
-    print(json.dumps({"arms": results, **summary}, default=float))
+    report(results, summary)
 
 
 def main() -> None:
@@ -335,7 +339,7 @@ def main() -> None:
 
     expected = [cut_at_stop(x, [args.stop]) for x in bare_texts]
     same = sum(stop_texts[ex["id"]] == e for ex, e in zip(examples, expected, strict=True)) / len(examples)
-    same_prefix = sum(stop_texts[k] == off_texts[k] for k in stop_texts) / len(stop_texts)
+    same_prefix = identical(stop_texts, off_texts)
     bare = results["bare"]
     summary = {
         "harness_vs_bare_tokens_per_s": results["harness"]["tokens_per_s"] / bare["tokens_per_s"],
@@ -351,8 +355,7 @@ def main() -> None:
             "continuous_on_vs_off_wall": results["harness+stop"]["seconds"] / off,
             "continuous_one_call_vs_off_wall": results["harness+stop (continuous, one call)"]["seconds"]
             / off,
-            "identical_answers_continuous_on_off": sum(stop_texts[k] == generate_texts[k] for k in stop_texts)
-            / len(stop_texts),
+            "identical_answers_continuous_on_off": identical(stop_texts, generate_texts),
         }
     if packed is not None:
         summary |= {
@@ -361,8 +364,7 @@ def main() -> None:
             "single_packed_on_vs_off_wall": results["single requests (packed on)"]["seconds"]
             / results["single requests (packed off)"]["seconds"],
             "single_packed_on_vs_off_median": statistics.median(single_ratios),
-            "identical_answers_packed_on_off": sum(stop_texts[k] == unpacked_texts[k] for k in stop_texts)
-            / len(stop_texts),
+            "identical_answers_packed_on_off": identical(stop_texts, unpacked_texts),
         }
     if backend.decode_attention:
         summary |= {
