@@ -15,7 +15,7 @@ import torch
 
 from harness.backends.hf import TransformersBackend
 from harness.backends.loading import load_model
-from harness.backends.prefix_cache import PrefixCache
+from harness.backends.prefix_cache import RECENT_SINGLES, PrefixCache
 from harness.config import GenerationConfig, ModelConfig
 from harness.latency import request_clock
 from tests.support.tiny_model import attach_strong_adapter, randomise_weights
@@ -148,6 +148,29 @@ def test_adapters_never_share_a_prefix_entry(backend, tiny_model_dir, tmp_path):
     assert stats.computed == 3 and ("a", "a") in {weights for weights, _ in backend.prefix_cache.entries}
 
 
+def test_base_entries_survive_loading_an_adapter(backend, tiny_model_dir, tmp_path):
+    """The run loads each adapter after the base strategies' batched passes: the base's entries must still
+    serve the latency probe's base requests afterwards (they used to be dropped with every load)."""
+    spy = Spy(backend)
+    params = GenerationConfig(max_new_tokens=6)
+    stats = backend.prefix_cache.stats
+    _, batch_cached, _ = on_and_off(backend, spy, [few_shot(q) for q in QUESTIONS[:3]], params)
+    attach_strong_adapter(backend, tiny_model_dir, tmp_path)
+    _, cached, _ = on_and_off(backend, spy, [few_shot(QUESTIONS[3])], params)
+    assert cached == batch_cached >= 32 and stats.hits == 1 and stats.computed == 1
+
+
+def test_single_requests_alone_cache_their_shared_prompt(backend):
+    """No batch before them (a resumed run's probe, ``batch_size: 1``): the second single request makes the
+    shared prefix, later ones reuse it, with the same greedy tokens as without the cache."""
+    spy = Spy(backend)
+    params = GenerationConfig(max_new_tokens=6)
+    stats = backend.prefix_cache.stats
+    cached = [on_and_off(backend, spy, [few_shot(q)], params)[1] for q in QUESTIONS[:3]]
+    assert cached[0] == 0 and cached[1] == cached[2] >= 32
+    assert stats.computed == 1 and stats.hits == 1
+
+
 def test_single_request_reports_its_first_token(backend):
     backend.generate([few_shot(q) for q in QUESTIONS[:3]], GenerationConfig(max_new_tokens=2))
     with request_clock() as clock:
@@ -179,7 +202,7 @@ def test_choose_prefix_rules():
     assert cache.choose(w, [shared + [50, 51], shared + [60]]) == tuple(shared)
     assert cache.choose(w, [shared, shared + [1]]) == tuple(shared[:9])
     assert cache.choose(w, [[1, 2, 3, 9], [1, 2, 3, 8]]) is None  # shorter than min_tokens
-    assert cache.choose(w, [shared + [1]]) is None  # a single request never makes its own prefix
+    assert cache.choose(w, [shared + [1]]) is None  # a first single request has nothing to share with
     cache.put(w, tuple(shared + [50]), "kv")  # the first batch's prefix ran into a shared first word
     # A batch sharing only the system part: the prefix is cut back to what it shares with the known one.
     assert cache.choose(w, [shared + [60, 1], shared + [60, 2]]) == tuple(shared)
@@ -190,3 +213,42 @@ def test_choose_prefix_rules():
     long_rows = [shared + list(range(100, 110)) + [k] for k in (1, 2)]
     assert cache.choose(w, long_rows) == tuple(long_rows[0][:20])
     assert cache.choose(("a", None), [shared + [70]]) is None  # other weights: nothing known
+
+
+def test_single_requests_find_their_shared_prefix():
+    """A batch of one is compared with the last single requests under the same weights; the longest shared
+    part becomes the prefix (like a served engine's prefix cache), a known one that covers it is reused."""
+    cache = PrefixCache(min_tokens=4)
+    w = (None, None)
+    system, shots = list(range(10)), list(range(100, 120))
+    assert cache.choose(w, [system + shots + [1, 2]]) is None  # the first: nothing to compare with
+    # Not compared with a request under other weights (another adapter's).
+    assert cache.choose(("a", None), [system + shots + [3]]) is None
+    # The second request shares system + shots with the first: that becomes the prefix...
+    assert cache.choose(w, [system + shots + [5, 6]]) == tuple(system + shots)
+    cache.put(w, tuple(system + shots), "kv")
+    assert cache.choose(w, [system + shots + [9]]) == tuple(system + shots)  # ...reused, not re-made
+    # A prompt sharing only the system part with the others: that part becomes a prefix of its own...
+    assert cache.choose(w, [system + [7, 8, 9, 10]]) == tuple(system)
+    cache.put(w, tuple(system), "kv2")
+    assert cache.choose(w, [system + [50, 51]]) == tuple(system)  # ...which its kind reuses,
+    assert cache.choose(w, [system + shots + [77]]) == tuple(system + shots)  # the longest known that fits
+    # Only RECENT_SINGLES requests are remembered per weights key.
+    for k in range(RECENT_SINGLES):
+        cache.choose(w, [[200 + k] * 6])
+    assert cache.choose(w, [list(range(300, 340))]) is None
+    assert cache.choose(w, [list(range(300, 340))]) == tuple(range(300, 339))
+
+
+def test_loading_an_adapter_forgets_its_name_only():
+    """Entries are keyed by adapter name: loading an adapter drops that name's entries (the name may now
+    mean other weights) and keeps the base's and the other adapters' (the latency probe reuses them)."""
+    cache = PrefixCache(min_tokens=4)
+    cache.put((None, None), (1, 2, 3, 4), "base")
+    cache.put(("a", None), (1, 2, 3, 4), "a")
+    cache.put(("b", "a"), (1, 2, 3, 4), "b over merged a")
+    cache.put(("b", None), (1, 2, 3, 4), "b")
+    cache.choose(("a", "a"), [[1, 2, 3, 4, 5]])
+    cache.forget("a")
+    assert [w for w, _ in cache.entries] == [(None, None), ("b", None)]
+    assert ("a", "a") not in cache.last_single

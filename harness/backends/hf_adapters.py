@@ -33,7 +33,10 @@ class AdapterSwitching:
 
         self._unmerge()
         if self.prefix_cache is not None:
-            self.prefix_cache.clear()  # belt and braces: entries are keyed by adapter name, names may be reused
+            # Entries are keyed by adapter name and a name may be reused for other weights: drop that name's.
+            # The base's entries stay: the probe's base requests would otherwise prefill whole prompts
+            # while the adapters' requests, batched after the last load, hit theirs.
+            self.prefix_cache.forget(name)
         if isinstance(self.model, PeftModel):
             if name not in self.model.peft_config:
                 self.model.load_adapter(path, adapter_name=name)

@@ -31,6 +31,7 @@ from harness.backends import switched_on
 from harness.backends.likelihood import keeps_logits
 
 MIN_PREFIX_TOKENS = 32  # shorter shared prefixes save too little prefill to pay for the copy
+RECENT_SINGLES = 8  # single requests remembered per weights key, to find a shared prefix among them
 CAPACITY = 8  # prefixes remembered (a run has a few strategies x adapters; each prefix is a few MB)
 
 
@@ -64,11 +65,23 @@ class PrefixCache:
         self.capacity = capacity
         self.min_tokens = min_tokens
         self.entries: OrderedDict[tuple[Hashable, tuple[int, ...]], Any] = OrderedDict()
+        # The last single requests' tokens per weights key: a batch of one has no common prefix of its own,
+        # so it is compared with those (strategies sharing weights interleave in the latency probe).
+        self.last_single: OrderedDict[Hashable, tuple[tuple[int, ...], ...]] = OrderedDict()
         self.stats = PrefixStats()
         self.supported = True  # False once a model's cache turns out not to be a plain dynamic cache
 
     def clear(self) -> None:
         self.entries.clear()
+        self.last_single.clear()
+
+    def forget(self, adapter: str) -> None:
+        """Drop what was computed with adapter ``adapter`` in effect (its name is about to name new weights);
+        the base's and the other adapters' entries stay valid."""
+        for key in [k for k in self.entries if adapter in _names(k[0])]:
+            del self.entries[key]
+        for weights in [w for w in self.last_single if adapter in _names(w)]:
+            del self.last_single[weights]
 
     def known(self, weights: Hashable) -> list[tuple[int, ...]]:
         return [prefix for key, prefix in self.entries if key == weights]
@@ -81,7 +94,11 @@ class PrefixCache:
         ``min_tokens`` (worth a new entry). A new prefix is cut back to what it shares with a remembered one
         when that is long enough, so prefixes converge on the part truly shared across batches (the first
         batch's common prefix may run into its questions' shared first words) and single requests hit them.
-        A batch of one has no common prefix of its own: it only reuses, or generalises a remembered one.
+        A batch of one has no common prefix of its own: its candidate is the longest it shares with one of
+        the last single requests under the same weights, so a run of single requests (a latency probe, a
+        resumed run's probe, ``batch_size: 1``) caches its shared prompt from the second request on, as a
+        served engine's prefix cache does. Without such a candidate it only reuses, or generalises a
+        remembered prefix.
         """
         if not self.supported or not rows:
             return None
@@ -89,17 +106,32 @@ class PrefixCache:
         lcp = min(len(r) for r in rows) - 1
         for row in rows[1:]:
             lcp = min(lcp, common_prefix_len(first, row))
+        if len(rows) == 1:
+            recent = self._recent(weights, first)
+            shared = min(lcp, max((common_prefix_len(first, r) for r in recent), default=0))
+            if shared - len(self._best(weights, first, lcp) or ()) >= self.min_tokens:
+                return self._decide(weights, first, shared, single=False)  # longer than any known one
+            return self._decide(weights, first, lcp, single=True)
+        return self._decide(weights, first, lcp, single=False)
+
+    def _best(self, weights: Hashable, first: Sequence[int], lcp: int) -> tuple[int, ...] | None:
+        """The longest remembered prefix of ``first`` no longer than ``lcp``."""
+        reusable = [p for p in self.known(weights) if len(p) <= lcp and tuple(first[: len(p)]) == p]
+        return max(reusable, key=len, default=None)
+
+    def _decide(
+        self, weights: Hashable, first: Sequence[int], lcp: int, single: bool
+    ) -> tuple[int, ...] | None:
         if lcp < self.min_tokens:
             return None
         known = self.known(weights)
-        reusable = [p for p in known if len(p) <= lcp and tuple(first[: len(p)]) == p]
-        best = max(reusable, key=len, default=None)
-        if best is not None and (len(rows) == 1 or lcp - len(best) < self.min_tokens):
+        best = self._best(weights, first, lcp)
+        if best is not None and (single or lcp - len(best) < self.min_tokens):
             return best
         shared = max((common_prefix_len(first[:lcp], p) for p in known), default=0)
         if shared >= self.min_tokens and shared > len(best or ()):
             return tuple(first[:shared])
-        if len(rows) == 1:
+        if single:
             return best
         return tuple(first[:lcp])
 
@@ -115,6 +147,19 @@ class PrefixCache:
         self.entries.move_to_end((weights, prefix))
         while len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
+
+    def _recent(self, weights: Hashable, row: Sequence[int]) -> list[tuple[int, ...]]:
+        """The last single requests' tokens under ``weights`` (oldest first); ``row`` joins them."""
+        recent = self.last_single.pop(weights, ())
+        self.last_single[weights] = (*recent[-(RECENT_SINGLES - 1) :], tuple(row))
+        while len(self.last_single) > self.capacity:
+            self.last_single.popitem(last=False)
+        return list(recent)
+
+
+def _names(weights: Hashable) -> tuple[Any, ...]:
+    """The adapter names in a weights key (``(adapter, merged adapter)``)."""
+    return weights if isinstance(weights, tuple) else (weights,)
 
 
 def compute_prefix_kv(model: Any, prefix: Sequence[int], device: Any) -> Any | None:
