@@ -149,3 +149,43 @@ def test_rss_sampler_sees_a_temporary_allocation():
         block.sum()
         del block
     assert mem.peak >= before + 250_000_000
+
+
+def test_one_scoring_pass_embeds_each_text_once(monkeypatch):
+    """Semantic similarity and style adherence embed the same answers and references (and references repeat
+    for every strategy): within one scoring pass each distinct text is encoded once, and the scores are the
+    cosines sentence-transformers gives for each pair on its own."""
+    import numpy as np
+
+    from harness.scoring.embeddings import load_embedder
+    from harness.scoring.score import score_strategies
+
+    encoder = load_embedder(None)
+    encoded: list[str] = []
+    real = encoder.encode
+
+    def spy(texts, **kw):
+        encoded.extend(texts)
+        return real(texts, **kw)
+
+    monkeypatch.setattr(encoder, "encode", spy)
+    refs = ["Hi there! Returns: 60 days. — Care Team", "540 Wh.", "Open every day."]
+    answers = {
+        "s1": ["Hi there! We take returns for 60 days. — Care Team", "540 Wh", "We never close."],
+        "s2": ["540 Wh", "540 Wh", "Open every day."],  # an answer repeated, one equal to its reference
+    }
+    records = {
+        sid: [_rec(f"e{i}", p, r, ["style"]) for i, (p, r) in enumerate(zip(preds, refs, strict=True))]
+        for sid, preds in answers.items()
+    }
+    out = score_strategies(["semantic_similarity", "style_adherence"], records)
+    distinct = set(refs) | {a for preds in answers.values() for a in preds}
+    assert sorted(encoded) == sorted(distinct)
+    for sid, preds in answers.items():
+        for i, (p, r) in enumerate(zip(preds, refs, strict=True)):
+            a, b = real([p, r], normalize_embeddings=True, convert_to_numpy=True)
+            want = float(np.clip(np.dot(a, b), 0.0, 1.0))
+            assert out[sid]["per_example"][f"e{i}"]["semantic_similarity"] == pytest.approx(want, abs=1e-5)
+    encoded.clear()  # outside a scoring pass nothing is remembered between calls
+    load_metric("semantic_similarity").compute(predictions=["540 Wh"], references=["540 Wh."])
+    assert sorted(encoded) == ["540 Wh", "540 Wh."]

@@ -28,6 +28,7 @@ import numpy as np
 
 from harness.config import RunConfig, ScoringConfig
 from harness.scoring.registry import RECORD_INPUTS, MetricSpec, get_metric
+from harness.scoring.semantic import shared_embeddings
 
 
 @cache
@@ -173,9 +174,10 @@ def score_strategies(
     flat = [r for recs in ordered.values() for r in recs]
     per: dict[str, list[float | None]] = {}
     diagnostics: dict[str, list[Any]] = {}
-    for name in metrics:
-        per[name], diag = score_metric(get_metric(name), flat, inputs)
-        diagnostics.update(diag)
+    with shared_embeddings():  # metrics embedding the same answers and references share the vectors
+        for name in metrics:
+            per[name], diag = score_metric(get_metric(name), flat, inputs)
+            diagnostics.update(diag)
     out: dict[str, dict[str, Any]] = {}
     start = 0
     for sid, recs in ordered.items():
