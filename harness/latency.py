@@ -10,7 +10,9 @@ alike — the way vLLM's serving benchmark and GuideLLM measure a server. Per re
 * ``e2e_s``: wall time of the request, from ``predict`` call to answer;
 * ``ttft_s``: time to first token — until the backend emitted the first generated token (backends
   call :func:`mark_first_token`); the pipeline work before generation counts, as a user waits for it;
-* ``tpot_s``: time per output token after the first, ``(e2e - ttft) / (new_tokens - 1)``.
+* ``tpot_s``: time per output token after the first, ``(e2e - ttft) / (new_tokens - 1)``;
+* ``cached_prefix_tokens``: prompt tokens served from the backend's prefix cache (``None`` where the
+  backend does not say), so a reader can check that strategies were measured alike.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ LATENCY_FILE = "latency.jsonl"
 class RequestClock:
     start: float
     first_token: float | None = None
+    cached_prefix_tokens: int | None = None
 
 
 _CLOCK: ContextVar[RequestClock | None] = ContextVar("adaptbench_request_clock", default=None)
@@ -50,6 +53,13 @@ def mark_first_token() -> None:
     clock = _CLOCK.get()
     if clock is not None and clock.first_token is None:
         clock.first_token = time.perf_counter()
+
+
+def mark_cached_prefix(tokens: int) -> None:
+    """Backends call this with the prompt tokens a request took from their prefix cache (0: none)."""
+    clock = _CLOCK.get()
+    if clock is not None:
+        clock.cached_prefix_tokens = tokens
 
 
 def probing() -> bool:
@@ -76,6 +86,7 @@ class RequestTiming:
     ttft_s: float | None
     tpot_s: float | None
     new_tokens: int
+    cached_prefix_tokens: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +107,7 @@ def time_request(strategy: Any, example: dict[str, Any], rnd: int) -> RequestTim
     ttft = (clock.first_token - clock.start) if clock.first_token is not None else None
     n = int(answer.new_tokens)
     tpot = (e2e - ttft) / (n - 1) if ttft is not None and n > 1 else None
-    return RequestTiming(strategy.id, str(example["id"]), rnd, e2e, ttft, tpot, n)
+    return RequestTiming(strategy.id, str(example["id"]), rnd, e2e, ttft, tpot, n, clock.cached_prefix_tokens)
 
 
 def run_probe(

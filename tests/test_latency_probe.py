@@ -86,3 +86,26 @@ def test_run_writes_latency_probe_for_every_strategy_and_resume_skips_it(write_c
     res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert (out / "latency.jsonl").read_text() == before  # not re-probed on resume
+
+
+def test_base_strategies_probe_requests_reuse_the_prefix_cache_after_an_adapter_loads(write_config, tmp_path):
+    """The run loads the adapter after the few-shot strategy's batched pass; that load used to empty the
+    prefix cache, so the probe timed the few-shot requests with whole-prompt prefills while the adapter's
+    requests hit their entry. Every timed request of the few-shot strategy now reports the cached prefix."""
+    adapter = {"max_steps": 2, "batch_size": 2, "learning_rate": 0.005, "eval_steps": 2}
+    cfg = write_config(
+        strategies=[
+            {"name": "prompt", "id": "few", "shots": 2},
+            {"name": "qlora", "id": "tuned", "quantization": "none", "merge": True, **adapter},
+        ],
+        latency_probe={"requests": 3, "warmup": 1},
+        metrics=["token_f1"],
+        primary_metric="token_f1",
+    )
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "latency.jsonl").read_text().splitlines()]
+    few = [r["cached_prefix_tokens"] for r in rows if r["strategy"] == "few"]
+    assert len(few) == 3 and min(few) >= 32, few
+    assert all(isinstance(r["cached_prefix_tokens"], int) for r in rows)

@@ -39,7 +39,7 @@ from harness.backends.prefix_cache import (
 )
 from harness.backends.stopping import FirstTokenStreamer, StopStrings, end_ids, row_length
 from harness.config import GenerationConfig, ModelConfig
-from harness.latency import probing
+from harness.latency import mark_cached_prefix, probing
 
 
 @register_backend("transformers")
@@ -154,6 +154,7 @@ class TransformersBackend(AdapterSwitching):
         cache = self.prefix_cache
         if cache is None:
             return None
+        mark_cached_prefix(0)  # a latency-probe request records what it took from the cache
         weights = (adapter, self.merged_adapter)
         prefix = cache.choose(weights, ids)
         if prefix is None:
@@ -170,6 +171,7 @@ class TransformersBackend(AdapterSwitching):
         else:
             cache.stats.hits += 1
             cache.stats.tokens_saved += len(prefix) * len(ids)
+            mark_cached_prefix(len(prefix))
         inputs = layout(len(prefix), ids, self._pad_id(), self.model.device)
         inputs[self._cache_kwarg] = expand(kv, len(ids))
         return inputs
