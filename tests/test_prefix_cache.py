@@ -216,8 +216,9 @@ def test_choose_prefix_rules():
 
 
 def test_single_requests_find_their_shared_prefix():
-    """A batch of one is compared with the last single requests under the same weights; the longest shared
-    part becomes the prefix (like a served engine's prefix cache), a known one that covers it is reused."""
+    """A batch of one reuses (or generalises) a remembered prefix; when none fits, it is compared with the
+    last single requests under the same weights and the longest part it shares with another becomes the
+    prefix (like a served engine's prefix cache)."""
     cache = PrefixCache(min_tokens=4)
     w = (None, None)
     system, shots = list(range(10)), list(range(100, 120))
@@ -228,16 +229,31 @@ def test_single_requests_find_their_shared_prefix():
     assert cache.choose(w, [system + shots + [5, 6]]) == tuple(system + shots)
     cache.put(w, tuple(system + shots), "kv")
     assert cache.choose(w, [system + shots + [9]]) == tuple(system + shots)  # ...reused, not re-made
-    # A prompt sharing only the system part with the others: that part becomes a prefix of its own...
+    # Two requests sharing more than the known prefix (the same retrieved sentence): the known one is
+    # reused, no longer entry is made (it would serve only prompts with that sentence).
+    sentence = list(range(60, 70))
+    assert cache.choose(w, [system + shots + sentence + [1]]) == tuple(system + shots)
+    assert cache.choose(w, [system + shots + sentence + [2]]) == tuple(system + shots)
+    # A prompt sharing only the system part with the known one: that part becomes a prefix of its own...
     assert cache.choose(w, [system + [7, 8, 9, 10]]) == tuple(system)
     cache.put(w, tuple(system), "kv2")
     assert cache.choose(w, [system + [50, 51]]) == tuple(system)  # ...which its kind reuses,
     assert cache.choose(w, [system + shots + [77]]) == tuple(system + shots)  # the longest known that fits
-    # Only RECENT_SINGLES requests are remembered per weights key.
+
+
+def test_a_repeated_single_request_makes_no_whole_prompt_entry():
+    """The latency probe times its warm-up examples again: a prompt sent twice must not become a prefix
+    (a whole-prompt entry only that prompt can use, evicting the shared ones); only another prompt counts.
+    And only the last RECENT_SINGLES requests per weights key are compared."""
+    cache = PrefixCache(min_tokens=4)
+    w = (None, None)
+    prompt = list(range(300, 340))
+    assert cache.choose(w, [prompt]) is None
+    assert cache.choose(w, [prompt]) is None  # the same prompt again
     for k in range(RECENT_SINGLES):
         cache.choose(w, [[200 + k] * 6])
-    assert cache.choose(w, [list(range(300, 340))]) is None
-    assert cache.choose(w, [list(range(300, 340))]) == tuple(range(300, 339))
+    assert cache.choose(w, [prompt[:-1] + [999]]) is None  # the first prompt is no longer remembered
+    assert cache.choose(w, [prompt[:-1] + [998]]) == tuple(prompt[:-1])
 
 
 def test_loading_an_adapter_forgets_its_name_only():

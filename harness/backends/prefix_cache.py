@@ -94,11 +94,10 @@ class PrefixCache:
         ``min_tokens`` (worth a new entry). A new prefix is cut back to what it shares with a remembered one
         when that is long enough, so prefixes converge on the part truly shared across batches (the first
         batch's common prefix may run into its questions' shared first words) and single requests hit them.
-        A batch of one has no common prefix of its own: its candidate is the longest it shares with one of
-        the last single requests under the same weights, so a run of single requests (a latency probe, a
-        resumed run's probe, ``batch_size: 1``) caches its shared prompt from the second request on, as a
-        served engine's prefix cache does. Without such a candidate it only reuses, or generalises a
-        remembered prefix.
+        A batch of one has no common prefix of its own: it reuses, or generalises, a remembered prefix; when
+        none fits, its candidate is the longest part it shares with one of the last (other) single requests
+        under the same weights, so a run of single requests (a resumed run's latency probe, ``batch_size:
+        1``) caches its shared prompt from the second request on, as a served engine's prefix cache does.
         """
         if not self.supported or not rows:
             return None
@@ -108,16 +107,15 @@ class PrefixCache:
             lcp = min(lcp, common_prefix_len(first, row))
         if len(rows) == 1:
             recent = self._recent(weights, first)
-            shared = min(lcp, max((common_prefix_len(first, r) for r in recent), default=0))
-            if shared - len(self._best(weights, first, lcp) or ()) >= self.min_tokens:
-                return self._decide(weights, first, shared, single=False)  # longer than any known one
-            return self._decide(weights, first, lcp, single=True)
+            chosen = self._decide(weights, first, lcp, single=True)  # reuse or generalise a known prefix
+            if chosen is not None:
+                return chosen
+            # Nothing known fits: what it shares with another recent prompt (a repeat of the same prompt
+            # would make a whole-prompt entry that only that prompt can use).
+            row = tuple(first)
+            shared = min(lcp, max((common_prefix_len(row, r) for r in recent if r != row), default=0))
+            return row[:shared] if shared >= self.min_tokens else None
         return self._decide(weights, first, lcp, single=False)
-
-    def _best(self, weights: Hashable, first: Sequence[int], lcp: int) -> tuple[int, ...] | None:
-        """The longest remembered prefix of ``first`` no longer than ``lcp``."""
-        reusable = [p for p in self.known(weights) if len(p) <= lcp and tuple(first[: len(p)]) == p]
-        return max(reusable, key=len, default=None)
 
     def _decide(
         self, weights: Hashable, first: Sequence[int], lcp: int, single: bool
@@ -125,7 +123,8 @@ class PrefixCache:
         if lcp < self.min_tokens:
             return None
         known = self.known(weights)
-        best = self._best(weights, first, lcp)
+        reusable = [p for p in known if len(p) <= lcp and tuple(first[: len(p)]) == p]
+        best = max(reusable, key=len, default=None)
         if best is not None and (single or lcp - len(best) < self.min_tokens):
             return best
         shared = max((common_prefix_len(first[:lcp], p) for p in known), default=0)
