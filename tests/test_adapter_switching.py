@@ -1,0 +1,52 @@
+"""Switching between the plain base and adapters on the transformers backend's shared model.
+
+Base requests switch the adapter layers off once and leave them off (peft's ``disable_adapter()`` context
+per call walked every module for the adapter status: ~75 ms of each base request's first token in the
+latency probe, a cost no base-model deployment pays); adapter requests switch them back on, merged or not.
+"""
+
+from __future__ import annotations
+
+import pytest
+from peft import PeftModel
+
+from harness.backends.hf import TransformersBackend
+from harness.backends.loading import load_model
+from harness.config import GenerationConfig, ModelConfig
+from tests.support.tiny_model import attach_strong_adapter
+from tests.test_prefix_cache import QUESTIONS, few_shot, sensitive
+
+
+@pytest.fixture()
+def backend(tiny_model_dir, tmp_path) -> TransformersBackend:
+    return sensitive(TransformersBackend(load_model(ModelConfig(id=str(tiny_model_dir)), tmp_path)))
+
+
+def test_base_requests_switch_the_adapter_layers_off_once(backend, tiny_model_dir, tmp_path, monkeypatch):
+    params = GenerationConfig(max_new_tokens=6)
+    prompts = [few_shot(q) for q in QUESTIONS[:2]]
+
+    def texts(adapter=None):
+        return [g.text for g in backend.generate(prompts, params, adapter=adapter).generations]
+
+    base = texts()
+    attach_strong_adapter(backend, tiny_model_dir, tmp_path)
+    status_walks, switches = [], []
+    monkeypatch.setattr(PeftModel, "get_model_status", lambda self: status_walks.append(1))
+    real_off = backend.model.base_model.disable_adapter_layers
+    monkeypatch.setattr(
+        backend.model.base_model, "disable_adapter_layers", lambda: (switches.append(1), real_off())[1]
+    )
+
+    adapted = texts("a")
+    assert adapted != base  # the adapter is on for its requests
+    assert [texts() for _ in range(3)] == [base] * 3  # and off for the base's...
+    assert len(switches) == 1 and backend.adapters_off  # ...switched once, left off
+    assert status_walks == []  # no per-call walk over the modules for the adapter status
+
+    backend.merge_adapter("a")  # merging needs the layers on (peft unmerges a merged, switched-off layer)
+    assert not backend.adapters_off and texts("a") == adapted
+    backend.unmerge_adapter()  # a base strategy's activate(): untimed
+    assert backend.merged_adapter is None and backend.adapters_off and len(switches) == 2
+    assert texts() == base and len(switches) == 2  # the request itself switches nothing
+    assert texts("a") == adapted
