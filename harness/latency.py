@@ -4,8 +4,10 @@ The batched pass measures throughput (tokens/s, examples/s -> serving cost); its
 would be a share of a batch's wall time, which no user ever waits. The probe sends ``requests``
 examples (a seeded sample) one at a time through each strategy's *whole* ``predict`` pipeline
 (query embedding, retrieval, compression, prompt, generation), after ``warmup`` discarded requests,
-interleaving strategies round-robin (rotated each round) so machine drift and cache effects hit all
-alike — the way vLLM's serving benchmark and GuideLLM measure a server. Per request it records:
+interleaving strategies in a carryover-balanced order (a Williams design: over its rounds every strategy
+goes first and follows every other equally often) so machine drift and what the previous request left
+behind (merged weights, caches) hit all alike — the way vLLM's serving benchmark and GuideLLM measure a
+server. Per request it records:
 
 * ``e2e_s``: wall time of the request, from ``predict`` call to answer;
 * ``ttft_s``: time to first token — until the backend emitted the first generated token (backends
@@ -99,6 +101,23 @@ def probe_sample(examples: Sequence[dict[str, Any]], n: int, seed: int) -> list[
     return [examples[i] for i in idx]
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` strategies for successive rounds (a Williams Latin square): each strategy is first
+    in as many rounds as the others, and each ordered pair follows each other equally often (once in the
+    ``n`` rows for even ``n``, twice in the ``2n`` rows, the mirrored ones added, for odd ``n``). A plain
+    rotation would have each strategy always follow the same one."""
+    first = [0]
+    low, high = 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(k + r) % n for k in first] for r in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 else rows
+
+
 def time_request(strategy: Any, example: dict[str, Any], rnd: int) -> RequestTiming:
     with request_clock() as clock:
         (answer,) = strategy.predict([example])
@@ -126,10 +145,10 @@ def run_probe(
     warm = [sample[i % len(sample)] for i in range(warmup)]
     rounds = [(ex, r < warmup) for r, ex in enumerate(warm + sample)]
     out: list[RequestTiming] = []
+    orders = balanced_orders(len(strategies))
     bar = tqdm(total=len(rounds) * len(strategies), desc="latency probe", unit="req", disable=not progress)
     for r, (example, is_warmup) in enumerate(rounds):
-        k = r % len(strategies)  # rotate who goes first so no strategy always follows the same one
-        for strategy in [*strategies[k:], *strategies[:k]]:
+        for strategy in (strategies[i] for i in orders[r % len(orders)]):
             activate = getattr(strategy, "activate", None)
             if activate is not None:
                 activate()  # untimed: e.g. merge this strategy's adapter, as it is served

@@ -55,6 +55,24 @@ def test_probe_times_the_whole_pipeline_interleaved_with_warmup_discarded():
     assert [e["id"] for e in probe_sample(examples, 4, 0)] == sorted({t.example_id for t in rag})
 
 
+def test_probe_order_is_carryover_balanced():
+    """Over the rounds of its design every strategy goes first equally often and follows every other one
+    equally often (a plain rotation had each always follow the same one: prompt always came right after the
+    adapter strategy whose merged weights it had to put back)."""
+    from collections import Counter
+
+    calls: list[str] = []
+    names = ["a", "b", "c", "d", "e"]
+    strategies = [_Sleepy(n, before=0.0, per_token=0.0, tokens=2, calls=calls) for n in names]
+    examples = [{"id": f"e{i}"} for i in range(10)]
+    run_probe(strategies, examples, requests=10, warmup=0, seed=0, progress=False)
+    rounds = [calls[i : i + 5] for i in range(0, len(calls), 5)]
+    assert all(sorted(r) == names for r in rounds)
+    assert set(Counter(r[0] for r in rounds).values()) == {2}
+    follows = Counter((x, y) for r in rounds for x, y in zip(r, r[1:], strict=False))
+    assert len(follows) == 20 and set(follows.values()) == {2}
+
+
 def test_no_first_token_mark_means_unknown_ttft_not_zero():
     class NoStream:
         id = "served"
