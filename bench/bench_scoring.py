@@ -18,6 +18,14 @@ single user turn (``harness.scoring.perplexity``). Arms, one process, one model,
 Printed: rows, completion tokens, padded positions and logit positions each arm computed, seconds, the
 ratios harness / plain and shared / harness, and the largest absolute differences between the arms'
 per-answer NLL.
+
+    python bench/bench_scoring.py --embeddings --run reports/<run-id> [--repeats 2]
+
+The embedding metrics instead (semantic_similarity and style_adherence through ``score_strategies``, every
+strategy of the run, the default MiniLM): arm ``per_call`` encodes every text each metric asks for (the
+pass before the fourteenth session), arm ``shared`` each distinct text once per scoring pass
+(``harness.scoring.semantic.shared_embeddings``); arms alternate ``--repeats`` times. Printed: encodings,
+median seconds, the ratio shared / per_call, and the largest per-example score difference.
 """
 
 from __future__ import annotations
@@ -75,13 +83,88 @@ def load_rows(backend, run: Path | None, n: int) -> list[tuple[list[int], int]]:
     return rows
 
 
+def embedding_bench(run: Path, repeats: int) -> None:
+    """semantic_similarity + style_adherence over a run's answers, texts encoded per call vs once."""
+    import statistics
+
+    import numpy as np
+
+    from harness.rundir import load_predictions
+    from harness.scoring import semantic
+    from harness.scoring.embeddings import load_embedder
+    from harness.scoring.score import score_strategies
+
+    records: dict[str, list[dict]] = {}
+    for rec in load_predictions(run / "predictions.jsonl"):
+        records.setdefault(rec["strategy"], []).append(rec)
+    metrics = ["semantic_similarity", "style_adherence"]
+    encoder = load_embedder(None)
+    real_encode, shared_embed = encoder.encode, semantic.embed
+    encoded: list[int] = []
+
+    def counting(texts, **kw):
+        encoded.append(len(texts))
+        return real_encode(texts, **kw)
+
+    def per_call(texts, model=None, batch_size=64):  # every text each call asks for, as before
+        vecs = load_embedder(model).encode(
+            list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+    encoder.encode = counting
+    score_strategies(metrics, {k: v[:4] for k, v in records.items()})  # warm-up
+    times: dict[str, list[float]] = {"per_call": [], "shared": []}
+    counts: dict[str, int] = {}
+    scores: dict[str, dict] = {}
+    for _ in range(repeats):
+        for arm in ("per_call", "shared"):
+            semantic.embed = per_call if arm == "per_call" else shared_embed
+            encoded.clear()
+            start = time.perf_counter()
+            scores[arm] = score_strategies(metrics, records)
+            times[arm].append(time.perf_counter() - start)
+            counts[arm] = sum(encoded)
+    semantic.embed, encoder.encode = shared_embed, real_encode
+    diff = max(
+        abs(a[m] - b[m])
+        for sid in records
+        for a, b in zip(
+            scores["per_call"][sid]["per_example"].values(),
+            scores["shared"][sid]["per_example"].values(),
+            strict=True,
+        )
+        for m in metrics
+        if a[m] is not None
+    )
+    median = {arm: statistics.median(v) for arm, v in times.items()}
+    answers = sum(len(v) for v in records.values())
+    print(
+        f"run={run} strategies={len(records)} answers={answers} metrics={','.join(metrics)} repeats={repeats}"
+    )
+    print(f"{'arm':<10}{'encodings':>11}{'median s':>10}{'runs':>24}")
+    for arm in ("per_call", "shared"):
+        runs = " ".join(f"{t:.2f}" for t in times[arm])
+        print(f"{arm:<10}{counts[arm]:>11}{median[arm]:>10.2f}{runs:>24}")
+    print(
+        f"shared_vs_per_call_seconds {median['shared'] / median['per_call']:.3f}   max |score difference| {diff:.2e}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--run", type=Path, help="a run folder whose predictions give the answers")
     ap.add_argument("--n", type=int, default=0, help="rows (0: every answer)")
     ap.add_argument("--batch-size", type=int, default=8, help="the scorer's batch (answer_perplexities)")
+    ap.add_argument("--embeddings", action="store_true", help="bench the embedding metrics instead (--run)")
+    ap.add_argument("--repeats", type=int, default=2, help="--embeddings: alternations of the two arms")
     args = ap.parse_args()
+    if args.embeddings:
+        if args.run is None:
+            ap.error("--embeddings needs --run (a run folder's answers)")
+        embedding_bench(args.run, args.repeats)
+        return
 
     import torch
 
