@@ -50,3 +50,24 @@ def test_base_requests_switch_the_adapter_layers_off_once(backend, tiny_model_di
     assert backend.merged_adapter is None and backend.adapters_off and len(switches) == 2
     assert texts() == base and len(switches) == 2  # the request itself switches nothing
     assert texts("a") == adapted
+
+
+def test_a_selected_adapter_is_in_place_before_its_request(backend, tiny_model_dir, tmp_path, monkeypatch):
+    """An unmerged adapter strategy selects its adapter in its untimed activate(): its request then
+    neither switches the layers on nor walks the modules to set the adapter active."""
+    params = GenerationConfig(max_new_tokens=6)
+    prompts = [few_shot(q) for q in QUESTIONS[:2]]
+    attach_strong_adapter(backend, tiny_model_dir, tmp_path)
+    first = [g.text for g in backend.generate(prompts, params, adapter="a").generations]
+    backend.select_adapter(None)
+    assert backend.adapters_off
+    backend.select_adapter("a")  # untimed, before the request
+    assert not backend.adapters_off and backend.model.active_adapter == "a"
+    walks = []
+    monkeypatch.setattr(PeftModel, "set_adapter", lambda self, *a, **k: walks.append(a))
+    real_on = backend.model.base_model.enable_adapter_layers
+    monkeypatch.setattr(
+        backend.model.base_model, "enable_adapter_layers", lambda: (walks.append("on"), real_on())[1]
+    )
+    assert [g.text for g in backend.generate(prompts, params, adapter="a").generations] == first
+    assert walks == []

@@ -140,12 +140,18 @@ class AdapterSwitching:
             if adapter is not None:
                 raise ValueError(f"adapter {adapter!r} requested but none is loaded")
             return contextlib.nullcontext()
-        if adapter is not None and adapter == self.merged_adapter:
-            return contextlib.nullcontext()
-        if adapter is None:
-            self.unmerge_adapter()  # a no-op when the base already serves (strategies switch it untimed)
-            return contextlib.nullcontext()
+        self.select_adapter(adapter)  # a no-op when already in place (strategies switch it untimed)
+        return contextlib.nullcontext()
+
+    def select_adapter(self, name: str | None) -> None:
+        """Serve adapter ``name`` (``None``: the plain base) from now on, unmerged unless it is the one
+        merged. Strategies call it before a request, untimed, so that the request switches nothing."""
+        if name is None:
+            self.unmerge_adapter()
+            return
+        if name == self.merged_adapter:
+            return
         self._unmerge()
         self._adapters_on()
-        self.model.set_adapter(adapter)
-        return contextlib.nullcontext()
+        if self.model.active_adapter != name:  # set_adapter walks every module
+            self.model.set_adapter(name)

@@ -210,9 +210,13 @@ class AdapterStrategy:
     def activate(self) -> None:
         """Merged adapters are merged again before a request once another strategy unmerged them (the latency
         probe interleaves strategies): requests are timed as the merged model serves them, as they were
-        answered in the batched pass. An unmerged adapter needs the plain base: the host's default."""
+        answered in the batched pass. An unmerged adapter is selected (its layers on, set active) on a host
+        that switches adapters (``select_adapter``); elsewhere the host's default applies."""
+        select = getattr(self.ctx.backend, "select_adapter", None) if self.ctx is not None else None
         if self.merged and self.ctx is not None:
             self.ctx.backend.merge_adapter(self.adapter)  # type: ignore[attr-defined]
+        elif select is not None and self.adapter is not None:
+            select(self.adapter)  # unmerged: its layers on and selected here, not in the timed request
         else:
             super().activate()  # type: ignore[misc]
 
