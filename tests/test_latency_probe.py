@@ -84,17 +84,24 @@ def test_no_first_token_mark_means_unknown_ttft_not_zero():
     assert t.ttft_s is None and t.tpot_s is None and t.e2e_s > 0
 
 
-def test_run_writes_latency_probe_for_every_strategy_and_resume_skips_it(write_config, tmp_path):
+def probed_run(write_config, out, strategies):
+    """Run ``strategies`` with a 3-request probe (1 warm-up) into ``out``; (config path, latency rows)."""
     cfg = write_config(
-        strategies=[{"name": "prompt", "id": "zero"}, {"name": "rag", "id": "rag", "top_k": 2}],
+        strategies=strategies,
         latency_probe={"requests": 3, "warmup": 1},
         metrics=["token_f1"],
         primary_metric="token_f1",
     )
-    out = tmp_path / "run"
     res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
-    rows = [json.loads(line) for line in (out / "latency.jsonl").read_text().splitlines()]
+    return cfg, [json.loads(line) for line in (out / "latency.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_latency_probe_for_every_strategy_and_resume_skips_it(write_config, tmp_path):
+    out = tmp_path / "run"
+    cfg, rows = probed_run(
+        write_config, out, [{"name": "prompt", "id": "zero"}, {"name": "rag", "id": "rag", "top_k": 2}]
+    )
     assert sorted({r["strategy"] for r in rows}) == ["rag", "zero"] and len(rows) == 6
     for r in rows:  # the transformers backend reports the first token through the streamer
         assert r["ttft_s"] is not None and 0 < r["ttft_s"] <= r["e2e_s"]
@@ -111,19 +118,11 @@ def test_base_strategies_probe_requests_reuse_the_prefix_cache_after_an_adapter_
     prefix cache, so the probe timed the few-shot requests with whole-prompt prefills while the adapter's
     requests hit their entry. Every timed request of the few-shot strategy now reports the cached prefix."""
     adapter = {"max_steps": 2, "batch_size": 2, "learning_rate": 0.005, "eval_steps": 2}
-    cfg = write_config(
-        strategies=[
-            {"name": "prompt", "id": "few", "shots": 2},
-            {"name": "qlora", "id": "tuned", "quantization": "none", "merge": True, **adapter},
-        ],
-        latency_probe={"requests": 3, "warmup": 1},
-        metrics=["token_f1"],
-        primary_metric="token_f1",
-    )
-    out = tmp_path / "run"
-    res = CliRunner().invoke(main, ["run", str(cfg), "--out", str(out), "--no-progress"])
-    assert res.exit_code == 0, res.output
-    rows = [json.loads(line) for line in (out / "latency.jsonl").read_text().splitlines()]
+    strategies = [
+        {"name": "prompt", "id": "few", "shots": 2},
+        {"name": "qlora", "id": "tuned", "quantization": "none", "merge": True, **adapter},
+    ]
+    _, rows = probed_run(write_config, tmp_path / "run", strategies)
     few = [r["cached_prefix_tokens"] for r in rows if r["strategy"] == "few"]
     assert len(few) == 3 and min(few) >= 32, few
     assert all(isinstance(r["cached_prefix_tokens"], int) for r in rows)
