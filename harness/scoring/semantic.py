@@ -16,7 +16,7 @@ import numpy as np
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 # Inside ``shared_embeddings()``: (model, text) -> embedding, so the metrics of one scoring pass embed each
-# text once (semantic similarity and style adherence both embed every answer and reference).
+# text once (semantic similarity embeds every answer and reference, style adherence the style-tagged again).
 _MEMO: ContextVar[dict[tuple[str | None, str], np.ndarray] | None] = ContextVar("adaptbench_embeddings")
 
 
