@@ -197,7 +197,8 @@ def test_merge_matches_unmerged_adapter_and_unmerge_restores_base(
     x = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
     def logits(adapter):
-        with torch.no_grad(), backend.using_adapter(adapter):
+        backend.select_adapter(adapter)
+        with torch.no_grad():
             return backend.model(input_ids=x).logits
 
     backend.load_adapter(str(tmp_path / "adapter"), "a")

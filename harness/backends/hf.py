@@ -150,7 +150,7 @@ class TransformersBackend(AdapterSwitching):
     def _with_prefix(self, ids: list[list[int]], adapter: str | None) -> dict[str, Any] | None:
         """``generate`` inputs reusing a cached shared prefix of ``ids`` (computed now if new), or ``None``.
 
-        Called inside ``using_adapter(adapter)``: the merged state read here is the one in effect."""
+        Called after ``select_adapter(adapter)``: the merged state read here is the one in effect."""
         cache = self.prefix_cache
         if cache is None:
             return None
@@ -198,7 +198,8 @@ class TransformersBackend(AdapterSwitching):
         if self.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()  # a new prefix's forward pass is part of this call's time
-        with torch.inference_mode(), self.using_adapter(adapter), self._one_row(len(ids)):
+        with torch.inference_mode(), self._one_row(len(ids)):
+            self.select_adapter(adapter)  # a no-op when the strategy put it in place untimed beforehand
             if self._continues(params, len(ids)):
                 stops = tuple(params.stop)
                 rows = continuous.decode(
@@ -307,7 +308,8 @@ class TransformersBackend(AdapterSwitching):
             positions.append(i)
             rows.append((ctx + ans, len(ctx)))
         if rows:
-            with self._no_packing(), self.using_adapter(None):
+            with self._no_packing():  # packs released first: an unmerge then re-packs nothing
+                self.select_adapter(None)
                 if shares_contexts(self.model) and all(n_ctx >= 1 for _, n_ctx in rows):
                     values = shared_context_nll(
                         self.model, rows, self._pad_id(), batch_size, self._cache_kwarg
@@ -321,7 +323,8 @@ class TransformersBackend(AdapterSwitching):
     # -- adapter validation loss (AdapterHost) -------------------------------------------------
     def adapter_nll(self, name: str | None, rows: list[dict[str, list[int]]], batch_size: int = 8) -> float:
         """Token-weighted mean completion loss of tokenised rows with adapter ``name`` (``None``: base)."""
-        with self._no_packing(), self.using_adapter(name):
+        with self._no_packing():
+            self.select_adapter(name)
             return token_mean_nll(self.model, rows_from_masks(rows), self._pad_id(), batch_size)
 
     # -- training (TrainableBase) --------------------------------------------------------------

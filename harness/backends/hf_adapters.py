@@ -7,7 +7,6 @@ the packed linears (re-packed after a merge writes weights) and ``merged_adapter
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Any
 
@@ -83,9 +82,15 @@ class AdapterSwitching:
         self._unmerge()
         self._adapters_off()
 
-    def _adapters_off(self) -> None:
+    def _wrapped(self) -> bool:
+        """The model is a ``PeftModel`` (an adapter is loaded)."""
+        # Not imported here: a PeftModel exists only once peft is imported, and importing it (with
+        # bitsandbytes) costs seconds in runs that load no adapter.
         peft = sys.modules.get("peft")
-        if not self.adapters_off and peft is not None and isinstance(self.model, peft.PeftModel):
+        return peft is not None and isinstance(self.model, peft.PeftModel)
+
+    def _adapters_off(self) -> None:
+        if not self.adapters_off and self._wrapped():
             self.model.base_model.disable_adapter_layers()
             self.adapters_off = True
 
@@ -131,21 +136,14 @@ class AdapterSwitching:
         self.merged_adapter = None
         return written
 
-    def using_adapter(self, adapter: str | None):
-        """Context in which the model computes with adapter ``adapter`` (``None``: the plain base)."""
-        # Not imported here: a PeftModel exists only once peft is imported, and importing it (with
-        # bitsandbytes) costs seconds in runs that load no adapter.
-        peft = sys.modules.get("peft")
-        if peft is None or not isinstance(self.model, peft.PeftModel):
-            if adapter is not None:
-                raise ValueError(f"adapter {adapter!r} requested but none is loaded")
-            return contextlib.nullcontext()
-        self.select_adapter(adapter)  # a no-op when already in place (strategies switch it untimed)
-        return contextlib.nullcontext()
-
     def select_adapter(self, name: str | None) -> None:
         """Serve adapter ``name`` (``None``: the plain base) from now on, unmerged unless it is the one
-        merged. Strategies call it before a request, untimed, so that the request switches nothing."""
+        merged. Strategies call it before a request, untimed, so that the request switches nothing; every
+        model call of the backend calls it too (a no-op when the state is already in place)."""
+        if not self._wrapped():
+            if name is not None:
+                raise ValueError(f"adapter {name!r} requested but none is loaded")
+            return
         if name is None:
             self.unmerge_adapter()
             return
