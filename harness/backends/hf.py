@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from harness.backends import continuous, decode_attention, lm_head, packed_linear, register_backend
+from harness.backends import (
+    continuous,
+    decode_attention,
+    lm_head,
+    packed_linear,
+    register_backend,
+    switched_on,
+)
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
 from harness.backends.hf_adapters import AdapterSwitching
 from harness.backends.likelihood import (
@@ -75,9 +82,7 @@ class TransformersBackend(AdapterSwitching):
         self._cache_kwarg = cache_kwarg()
         # The LM head gets a contiguous input and, on bf16/fp16 models, fp32 logits for the top candidates
         # (harness/backends/lm_head.py); ADAPTBENCH_EXACT_LOGITS=0 leaves the head as the model computes it.
-        self.exact_logits = lm_head.install(
-            self.model, exact=os.environ.get("ADAPTBENCH_EXACT_LOGITS", "") != "0"
-        )
+        self.exact_logits = lm_head.install(self.model, exact=switched_on("ADAPTBENCH_EXACT_LOGITS"))
         # bf16 linears on CPU generate (prefill and decoding steps) from weights packed once for oneDNN instead
         # of at every call (harness/backends/packed_linear.py; bit-identical), except the decoding steps of a
         # single prompt (PyTorch's gemv, faster at one row). Off with the static cache (compiled).
