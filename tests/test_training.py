@@ -145,6 +145,23 @@ def test_gradient_checkpointing_auto_is_off_only_for_bf16_training_on_cpu():
         registry.build(StrategySpec(name="qlora", gradient_checkpointing="sometimes"), 0, "c.yaml")
 
 
+def test_checkpointing_reaches_the_trainer_args_without_a_deprecation_warning(tmp_path):
+    import warnings
+
+    from trl import SFTConfig
+
+    from strategies.adapters.trainer import checkpointing_args
+
+    for on in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # the old name warns on transformers >= 5.25
+            args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, **checkpointing_args(SFTConfig, on))
+        assert args.gradient_checkpointing is on  # both names agree, whichever this transformers takes
+        assert getattr(args, "activation_checkpointing", on) is on
+        kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
+        assert (kwargs or {}).get("use_reentrant") is (False if on else None)
+
+
 def test_adapter_path_must_be_a_peft_folder(tmp_path):
     from harness.config import StrategySpec
 

@@ -14,6 +14,7 @@ import math
 import re
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ from strategies.adapters.params import TRAIN_KEYS, TrainParams
 from strategies.adapters.quantized import load_training_base, prepare_for_training
 
 log = logging.getLogger("adaptbench.training")
+# peft and trl read the model's ``is_gradient_checkpointing``, which transformers 5.25 deprecated: a warning
+# about the libraries' own calls that the user can do nothing about.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass
@@ -72,6 +76,20 @@ def precision_flags(device: str, dtype: str) -> dict[str, bool]:
         bf16 = torch.cuda.is_bf16_supported()
         return {"bf16": bf16, "fp16": not bf16}
     return {"bf16": dtype == "bfloat16", "fp16": False}
+
+
+def checkpointing_args(config_cls: Any, on: bool) -> dict[str, Any]:
+    """Activation checkpointing under the name this transformers takes: 5.25 renamed
+    ``gradient_checkpointing`` to ``activation_checkpointing`` and warns (FutureWarning) at the old name."""
+    name = (
+        "activation"
+        if "activation_checkpointing" in getattr(config_cls, "__dataclass_fields__", {})
+        else "gradient"
+    )
+    return {
+        f"{name}_checkpointing": on,
+        f"{name}_checkpointing_kwargs": {"use_reentrant": False} if on else None,
+    }
 
 
 def compute_dtype_name(device: str, dtype: str) -> str:
@@ -182,8 +200,7 @@ def build_trainer(
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
         optim=optimizer_name(params, device),
-        gradient_checkpointing=params.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
+        **checkpointing_args(SFTConfig, params.gradient_checkpointing),
         max_length=params.max_seq_length,
         packing=params.packing,
         packing_strategy=params.packing_strategy,
