@@ -71,3 +71,41 @@ def test_a_selected_adapter_is_in_place_before_its_request(backend, tiny_model_d
     )
     assert [g.text for g in backend.generate(prompts, params, adapter="a").generations] == first
     assert walks == []
+
+
+def test_plain_linears_serve_while_no_adapter_layer_computes(backend, tiny_model_dir, tmp_path):
+    """Layers off (base requests) or an adapter merged: each LoRA layer is swapped for the linear it wraps,
+    so these requests run as a plain or merged deployment would, without the wrappers' per-call checks;
+    an unmerged adapter's requests run through its LoRA layers again, with the same answers as before."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    params = GenerationConfig(max_new_tokens=6)
+    prompts = [few_shot(q) for q in QUESTIONS[:2]]
+
+    def texts(adapter=None):
+        return [g.text for g in backend.generate(prompts, params, adapter=adapter).generations]
+
+    def lora_layers() -> int:
+        return sum(isinstance(m, BaseTunerLayer) for m in backend.model.modules())
+
+    base = texts()
+    attach_strong_adapter(backend, tiny_model_dir, tmp_path)
+    wrapped = lora_layers()
+    adapted = texts("a")
+    assert wrapped > 0 and lora_layers() == wrapped and adapted != base  # unmerged: through the LoRA layers
+    assert texts() == base and lora_layers() == 0  # layers off: plain linears
+    assert texts("a") == adapted and lora_layers() == wrapped
+    backend.merge_adapter("a")
+    assert lora_layers() == 0 and texts("a") == adapted  # merged: the plain linears hold W + BA
+    backend.unmerge_adapter()
+    assert lora_layers() == 0 and texts() == base
+    backend.merge_adapter("a")  # merging from the unwrapped state puts the layers back for peft first
+    assert texts("a") == adapted and texts() == base and texts("a") == adapted
+    # Loading another adapter (peft walks the model for its layers) also starts from the wrapped model.
+    backend.select_adapter(None)
+    assert lora_layers() == 0
+    backend.load_adapter(str(tmp_path / "adapter"), "b")
+    assert lora_layers() == wrapped  # b joined a's layers: none wraps another...
+    layers = [m for m in backend.model.modules() if isinstance(m, BaseTunerLayer)]
+    assert all({"a", "b"} <= set(m.lora_A) for m in layers)  # ...and none was lost by a swap back
+    assert texts("a") == adapted and texts() == base

@@ -30,12 +30,18 @@ class AdapterSwitching:
     # between calls instead of peft's ``disable_adapter()`` context per call, which walks every module for
     # the model's adapter status: ~75 ms of each base request's first-token time on the default model.
     adapters_off: bool = False
+    # While no adapter layer computes anything (layers off, or an adapter merged), each LoRA layer is
+    # swapped out of its parent for the plain linear it wraps: the wrapper's per-call checks cost ~8% of a
+    # single request's time on the default model, which neither a plain nor a merged deployment pays.
+    # Every peft operation puts the wrappers back first (``_wrap``).
+    _swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] | None = None
 
     def load_adapter(self, path: str, name: str) -> None:
         """Attach a peft adapter to the shared base (no second copy of the base weights)."""
         from peft import PeftModel
 
         self._unmerge()
+        self._wrap()
         if self.prefix_cache is not None:
             # Entries are keyed by adapter name and a name may be reused for other weights: drop that name's.
             # The base's entries stay: the probe's base requests would otherwise prefill whole prompts
@@ -63,6 +69,7 @@ class AdapterSwitching:
         """
         if self.merged_adapter == name:
             return
+        self._wrap()
         unmerged = self._unmerge(refresh=False)  # re-packed below, once with what the merge writes
         self._adapters_on()  # peft unmerges a merged adapter whose layers are off at their next call
         self.model.set_adapter(name)
@@ -75,12 +82,14 @@ class AdapterSwitching:
             # peft merges through ``.data`` (no version bump): re-pack what it wrote now, while merging is
             # untimed, not in the next (maybe timed) request. Unmerging does the same.
             self.packed.refresh(unmerged + weights)
+        self._unwrap()
 
     def unmerge_adapter(self) -> None:
         """Serve the plain base weights: a merged adapter is unmerged and the adapter layers are switched
         off now (before a base request, untimed)."""
         self._unmerge()
         self._adapters_off()
+        self._unwrap()
 
     def _wrapped(self) -> bool:
         """The model is a ``PeftModel`` (an adapter is loaded)."""
@@ -89,13 +98,39 @@ class AdapterSwitching:
         peft = sys.modules.get("peft")
         return peft is not None and isinstance(self.model, peft.PeftModel)
 
+    def _wrap(self) -> None:
+        """Put the LoRA layers back into the model (before any peft call: it finds them by walking it)."""
+        for parent, name, layer in self.__dict__.pop("_swapped", None) or []:
+            setattr(parent, name, layer)
+
+    def _unwrap(self) -> None:
+        """Swap each LoRA layer for the linear it wraps while none computes (off, or merged: then the
+        wrapped linear's weights hold the merge). The layers are kept here, with their weights."""
+        if self._swapped is not None or not self._wrapped():
+            return
+        if not (self.adapters_off or self.merged_adapter is not None):
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        swapped = [
+            (parent, name, child)
+            for parent in self.model.modules()
+            for name, child in parent.named_children()
+            if isinstance(child, BaseTunerLayer)
+        ]
+        for parent, name, layer in swapped:
+            setattr(parent, name, layer.get_base_layer())
+        self._swapped = swapped
+
     def _adapters_off(self) -> None:
         if not self.adapters_off and self._wrapped():
+            self._wrap()
             self.model.base_model.disable_adapter_layers()
             self.adapters_off = True
 
     def _adapters_on(self) -> None:
         if self.adapters_off:
+            self._wrap()
             self.model.base_model.enable_adapter_layers()
             self.adapters_off = False
 
@@ -103,6 +138,7 @@ class AdapterSwitching:
         """The base-layer weights and biases a merge of adapter ``name`` writes to."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
+        self._wrap()
         out: list[torch.Tensor] = []
         for module in self.model.modules():
             if isinstance(module, BaseTunerLayer) and any(
@@ -117,6 +153,7 @@ class AdapterSwitching:
         stale for the caller to re-pack (a merge of another adapter right after: one re-pack, not two)."""
         if self.merged_adapter is None:
             return []
+        self._wrap()
         backup = self.__dict__.pop("_merge_backup", None)
         if backup is None:
             self.model.unmerge_adapter()  # fp32: peft's subtraction gives the base back to float rounding
@@ -151,5 +188,6 @@ class AdapterSwitching:
             return
         self._unmerge()
         self._adapters_on()
+        self._wrap()  # an unmerged adapter computes through its LoRA layers
         if self.model.active_adapter != name:  # set_adapter walks every module
             self.model.set_adapter(name)
