@@ -37,6 +37,13 @@ process, one model:
                 (harness/backends/packed_linear.py), and the shares of identical answers: single requests
                 with vs without, and each against the pass (a single request's answer is not its batched
                 one either way)
+  --arms lora: pass, plain|wrapped, single requests (plain linears on|off)
+                a random LoRA adapter of the demo's shape loaded and switched off (the base strategies'
+                state once an adapter strategy ran): the pass (ABBA) and the single requests through
+                plain linears (the backend swaps the LoRA layers out while none computes) and through
+                peft's wrappers
+  --arms batch: pass, batch N (one arm per ``--batch-sizes``, ABBA order)
+                the pass with N prompts per call and N rows decoding together; ratios to the first size
   single requests (decode attention on|off)
                 CPU only: the same single requests with and without the attention of unmasked decoding
                 steps (harness/backends/decode_attention.py; ``bare`` runs without it)
@@ -207,6 +214,72 @@ def gemv_arms(strategy, examples, packed, harness_arm, results: dict, single: in
     report(results, summary)
 
 
+@contextlib.contextmanager
+def lora_wrappers(backend):
+    """The adapter layers stay in the model while switched off (before: every call went through peft's
+    LoRA wrapper, which then only calls the linear it wraps)."""
+    backend._wrap()
+    backend._unwrap = lambda: None  # instance attribute: the backend's swap is skipped inside
+    try:
+        yield
+    finally:
+        del backend._unwrap
+        backend._unwrap()
+
+
+def attach_random_lora(backend, cfg) -> None:
+    """A random LoRA adapter of the demo's shape (r=16, alpha 32, all linear layers) loaded and switched
+    off: the state of the base strategies' requests once an adapter strategy has run."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+
+    from harness.backends.loading import cache_root, load_model
+
+    donor = load_model(cfg, cache_root()).model
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    folder = Path(tempfile.mkdtemp(prefix="bench-lora-"))
+    get_peft_model(donor, lora).save_pretrained(folder)
+    del donor
+    backend.load_adapter(str(folder), "bench")
+    backend.select_adapter(None)
+
+
+def lora_arms(strategy, examples, backend, harness_arm, results: dict, single: int) -> None:
+    """``--arms lora``: with an adapter loaded and off, the pass (ABBA) and ``single`` requests (back to
+    back) through plain linears (the LoRA layers swapped out) and through peft's wrappers."""
+    wrapped = functools.partial(lora_wrappers, backend)
+    texts, wall = {}, {"plain": 0.0, "wrapped": 0.0}
+    for k, arm in enumerate(("plain", "wrapped", "wrapped", "plain")):
+        with wrapped() if arm == "wrapped" else contextlib.nullcontext():
+            texts[arm] = harness_arm(f"pass, {arm} #{k}", prefix=True)
+        wall[arm] += results[f"pass, {arm} #{k}"]["seconds"]
+    ratios = single_arms(strategy, examples[:single], wrapped, "plain linears", results)
+    summary = {
+        "pass_plain_vs_wrapped_wall": wall["plain"] / wall["wrapped"],
+        "single_plain_vs_wrapped_wall": results["single requests (plain linears on)"]["seconds"]
+        / results["single requests (plain linears off)"]["seconds"],
+        "single_plain_vs_wrapped_median": statistics.median(ratios),
+        "identical_answers_plain_wrapped": identical(texts["plain"], texts["wrapped"]),
+    }
+    report(results, summary)
+
+
+def batch_arms(harness_arm, sizes: list[int], results: dict) -> None:
+    """``--arms batch``: the pass at each of ``--batch-sizes`` (prompts per call and rows decoding
+    together), in ABBA order against drift; ratios against the first size."""
+    texts, wall = {}, dict.fromkeys(sizes, 0.0)
+    for k, size in enumerate(sizes + sizes[::-1]):
+        texts[size] = harness_arm(f"pass, batch {size} #{k}", prefix=True, per_call=size, slots=size)
+        wall[size] += results[f"pass, batch {size} #{k}"]["seconds"]
+    first = sizes[0]
+    summary = {f"batch_{n}_vs_{first}_wall": wall[n] / wall[first] for n in sizes[1:]}
+    summary |= {
+        f"identical_answers_batch_{n}_vs_{first}": identical(texts[n], texts[first]) for n in sizes[1:]
+    }
+    report(results, summary)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -224,8 +297,12 @@ def main() -> None:
     ap.add_argument(
         "--arms",
         default="all",
-        choices=["all", "fused", "gemv"],
-        help="fused: only stacked sibling projections on/off; gemv: only single requests' one-row gemv on/off",
+        choices=["all", "fused", "gemv", "lora", "batch"],
+        help="fused: only stacked sibling projections on/off; gemv: only single requests' one-row gemv on/off; "
+        "lora: an adapter loaded and off, plain linears vs peft's wrappers; batch: the pass at --batch-sizes",
+    )
+    ap.add_argument(
+        "--batch-sizes", default="16,32", help="--arms batch: sizes to compare (the first: baseline)"
     )
     args = ap.parse_args()
 
@@ -266,15 +343,20 @@ def main() -> None:
     prefix_cache = backend.prefix_cache  # None when turned off (ADAPTBENCH_PREFIX_CACHE=0, static cache)
     was_continuous = backend.continuous  # False when turned off (ADAPTBENCH_CONTINUOUS=0, static cache)
 
-    def harness_arm(name: str, prefix: bool, continuous: bool = True, per_call: int = 0) -> dict[str, str]:
+    def harness_arm(
+        name: str, prefix: bool, continuous: bool = True, per_call: int = 0, slots: int = 0
+    ) -> dict[str, str]:
         """One harness pass with the prefix cache on (emptied first: the arm computes its prefixes) or off,
-        continuous batching on or off, ``per_call`` prompts per ``predict`` call (0: the batch size)."""
+        continuous batching on or off, ``per_call`` prompts per ``predict`` call (0: the batch size),
+        ``slots`` rows decoding together (0: the batch size)."""
         backend.prefix_cache = prefix_cache if prefix else None
         before = dataclasses.replace(prefix_cache.stats) if prefix_cache is not None else None
         if prefix_cache is not None:
             prefix_cache.clear()
         backend.continuous = continuous and was_continuous
         stats = backend.continuous_stats = continuous_stats()
+        if slots:
+            strategy.ctx = context(list(strategy.ctx.generation.stop), slots)
         s, t, texts = harness_pass(strategy, examples, per_call or args.batch_size)
         backend.continuous = was_continuous
         results[name] = {"seconds": s, "tokens": t}
@@ -288,8 +370,10 @@ def main() -> None:
         backend.prefix_cache = prefix_cache
         return texts
 
-    def context(stop: list[str]) -> RunContext:
-        gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, stop=stop)
+    def context(stop: list[str], batch_size: int = 0) -> RunContext:
+        gen = GenerationConfig(
+            max_new_tokens=args.max_new_tokens, batch_size=batch_size or args.batch_size, stop=stop
+        )
         return RunContext(eval_set, backend, gen, 0, cache_root(), Path("/tmp"))
 
     strategy.prepare(context([]))
@@ -304,6 +388,13 @@ def main() -> None:
             raise SystemExit("--arms fused: no stacked sibling projections here (bf16 on a CPU only)")
         strategy.ctx = context([args.stop])
         return fused_arms(strategy, examples, packed, harness_arm, results, args.single)
+    if args.arms == "lora":
+        attach_random_lora(backend, cfg)
+        strategy.ctx = context([args.stop])
+        return lora_arms(strategy, examples, backend, harness_arm, results, args.single)
+    if args.arms == "batch":
+        strategy.ctx = context([args.stop])
+        return batch_arms(harness_arm, [int(x) for x in args.batch_sizes.split(",")], results)
     if args.arms == "gemv":
         if packed is None or not packed.gemv:
             raise SystemExit(
