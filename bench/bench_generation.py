@@ -37,7 +37,7 @@ process, one model:
                 (harness/backends/packed_linear.py), and the shares of identical answers: single requests
                 with vs without, and each against the pass (a single request's answer is not its batched
                 one either way)
-  --arms lora: pass, plain|wrapped, single requests (plain linears on|off)
+  --arms lora: pass, plain_linears on|off, single requests (plain linears on|off)
                 a random LoRA adapter of the demo's shape loaded and switched off (the base strategies'
                 state once an adapter strategy ran): the pass (ABBA) and the single requests through
                 plain linears (the backend swaps the LoRA layers out while none computes) and through
@@ -175,23 +175,33 @@ def report(results: dict, summary: dict) -> None:
     print(json.dumps({"arms": results, **summary}, default=float))
 
 
-def fused_arms(strategy, examples, packed, harness_arm, results: dict, single: int) -> None:
-    """``--arms fused``: the pass (with the stop string) with sibling projections stacked and apart, in
-    ABBA order against drift, then ``single`` requests both ways back to back (``single_arms``)."""
+def toggled_arms(
+    strategy, examples, harness_arm, results: dict, single: int, off, label: str, key: str
+) -> None:
+    """A speed-up on and off (``off()`` turns it off): the pass with the stop string in ABBA order against
+    drift, then ``single`` requests both ways back to back (``single_arms``), and the share of identical
+    answers; ratios on / off."""
     texts, wall = {}, {"on": 0.0, "off": 0.0}
     for k, arm in enumerate(("on", "off", "off", "on")):
-        with packed.separate() if arm == "off" else contextlib.nullcontext():
-            texts[arm] = harness_arm(f"pass, fused {arm} #{k}", prefix=True)
-        wall[arm] += results[f"pass, fused {arm} #{k}"]["seconds"]
-    ratios = single_arms(strategy, examples[:single], packed.separate, "fused projections", results)
+        with off() if arm == "off" else contextlib.nullcontext():
+            texts[arm] = harness_arm(f"pass, {key} {arm} #{k}", prefix=True)
+        wall[arm] += results[f"pass, {key} {arm} #{k}"]["seconds"]
+    ratios = single_arms(strategy, examples[:single], off, label, results)
     summary = {
-        "pass_fused_on_vs_off_wall": wall["on"] / wall["off"],
-        "single_fused_on_vs_off_wall": results["single requests (fused projections on)"]["seconds"]
-        / results["single requests (fused projections off)"]["seconds"],
-        "single_fused_on_vs_off_median": statistics.median(ratios),
-        "identical_answers_fused_on_off": identical(texts["on"], texts["off"]),
+        f"pass_{key}_on_vs_off_wall": wall["on"] / wall["off"],
+        f"single_{key}_on_vs_off_wall": results[f"single requests ({label} on)"]["seconds"]
+        / results[f"single requests ({label} off)"]["seconds"],
+        f"single_{key}_on_vs_off_median": statistics.median(ratios),
+        f"identical_answers_{key}_on_off": identical(texts["on"], texts["off"]),
     }
     report(results, summary)
+
+
+def fused_arms(strategy, examples, packed, harness_arm, results: dict, single: int) -> None:
+    """``--arms fused``: sibling projections stacked (on) and apart (off)."""
+    toggled_arms(
+        strategy, examples, harness_arm, results, single, packed.separate, "fused projections", "fused"
+    )
 
 
 def gemv_arms(strategy, examples, packed, harness_arm, results: dict, single: int) -> None:
@@ -246,23 +256,10 @@ def attach_random_lora(backend, cfg) -> None:
 
 
 def lora_arms(strategy, examples, backend, harness_arm, results: dict, single: int) -> None:
-    """``--arms lora``: with an adapter loaded and off, the pass (ABBA) and ``single`` requests (back to
-    back) through plain linears (the LoRA layers swapped out) and through peft's wrappers."""
+    """``--arms lora``: with an adapter loaded and off, plain linears (the LoRA layers swapped out: on) and
+    peft's wrappers (off)."""
     wrapped = functools.partial(lora_wrappers, backend)
-    texts, wall = {}, {"plain": 0.0, "wrapped": 0.0}
-    for k, arm in enumerate(("plain", "wrapped", "wrapped", "plain")):
-        with wrapped() if arm == "wrapped" else contextlib.nullcontext():
-            texts[arm] = harness_arm(f"pass, {arm} #{k}", prefix=True)
-        wall[arm] += results[f"pass, {arm} #{k}"]["seconds"]
-    ratios = single_arms(strategy, examples[:single], wrapped, "plain linears", results)
-    summary = {
-        "pass_plain_vs_wrapped_wall": wall["plain"] / wall["wrapped"],
-        "single_plain_vs_wrapped_wall": results["single requests (plain linears on)"]["seconds"]
-        / results["single requests (plain linears off)"]["seconds"],
-        "single_plain_vs_wrapped_median": statistics.median(ratios),
-        "identical_answers_plain_wrapped": identical(texts["plain"], texts["wrapped"]),
-    }
-    report(results, summary)
+    toggled_arms(strategy, examples, harness_arm, results, single, wrapped, "plain linears", "plain_linears")
 
 
 def batch_arms(harness_arm, sizes: list[int], results: dict) -> None:
