@@ -31,7 +31,7 @@ class AdapterSwitching:
     # the model's adapter status: ~75 ms of each base request's first-token time on the default model.
     adapters_off: bool = False
     # While no adapter layer computes anything (layers off, or an adapter merged), each LoRA layer is
-    # swapped out of its parent for the plain linear it wraps: the wrapper's per-call checks cost ~8% of a
+    # swapped out of its parent for the plain linear it wraps: the wrappers' per-call checks cost 6-10% of a
     # single request's time on the default model, which neither a plain nor a merged deployment pays.
     # Every peft operation puts the wrappers back first (``_wrap``).
     _swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] | None = None
