@@ -224,19 +224,6 @@ def gemv_arms(strategy, examples, packed, harness_arm, results: dict, single: in
     report(results, summary)
 
 
-@contextlib.contextmanager
-def lora_wrappers(backend):
-    """The adapter layers stay in the model while switched off (before: every call went through peft's
-    LoRA wrapper, which then only calls the linear it wraps)."""
-    backend._wrap()
-    backend._unwrap = lambda: None  # instance attribute: the backend's swap is skipped inside
-    try:
-        yield
-    finally:
-        del backend._unwrap
-        backend._unwrap()
-
-
 def attach_random_lora(backend, cfg) -> None:
     """A random LoRA adapter of the demo's shape (r=16, alpha 32, all linear layers) loaded and switched
     off: the state of the base strategies' requests once an adapter strategy has run."""
@@ -258,8 +245,16 @@ def attach_random_lora(backend, cfg) -> None:
 def lora_arms(strategy, examples, backend, harness_arm, results: dict, single: int) -> None:
     """``--arms lora``: with an adapter loaded and off, plain linears (the LoRA layers swapped out: on) and
     peft's wrappers (off)."""
-    wrapped = functools.partial(lora_wrappers, backend)
-    toggled_arms(strategy, examples, harness_arm, results, single, wrapped, "plain linears", "plain_linears")
+    toggled_arms(
+        strategy,
+        examples,
+        harness_arm,
+        results,
+        single,
+        backend.wrappers_kept,
+        "plain linears",
+        "plain_linears",
+    )
 
 
 def batch_arms(harness_arm, sizes: list[int], results: dict) -> None:

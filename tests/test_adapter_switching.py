@@ -94,6 +94,9 @@ def test_plain_linears_serve_while_no_adapter_layer_computes(backend, tiny_model
     adapted = texts("a")
     assert wrapped > 0 and lora_layers() == wrapped and adapted != base  # unmerged: through the LoRA layers
     assert texts() == base and lora_layers() == 0  # layers off: plain linears
+    with backend.wrappers_kept():  # the benchmark's baseline: peft's layers in place, the same answers
+        assert lora_layers() == wrapped and texts() == base and lora_layers() == wrapped
+    assert lora_layers() == 0
     assert texts("a") == adapted and lora_layers() == wrapped
     backend.merge_adapter("a")
     assert lora_layers() == 0 and texts("a") == adapted  # merged: the plain linears hold W + BA

@@ -7,7 +7,9 @@ the packed linears (re-packed after a merge writes weights) and ``merged_adapter
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,6 +37,7 @@ class AdapterSwitching:
     # single request's time on the default model, which neither a plain nor a merged deployment pays.
     # Every peft operation puts the wrappers back first (``_wrap``).
     _swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] | None = None
+    _keep_wrappers: bool = False  # ``wrappers_kept()``: the previous behaviour, for the benchmark's baseline
 
     def load_adapter(self, path: str, name: str) -> None:
         """Attach a peft adapter to the shared base (no second copy of the base weights)."""
@@ -106,7 +109,7 @@ class AdapterSwitching:
     def _unwrap(self) -> None:
         """Swap each LoRA layer for the linear it wraps while none computes (off, or merged: then the
         wrapped linear's weights hold the merge). The layers are kept here, with their weights."""
-        if self._swapped is not None or not self._wrapped():
+        if self._swapped is not None or self._keep_wrappers or not self._wrapped():
             return
         if not (self.adapters_off or self.merged_adapter is not None):
             return
@@ -121,6 +124,18 @@ class AdapterSwitching:
         for parent, name, layer in swapped:
             setattr(parent, name, layer.get_base_layer())
         self._swapped = swapped
+
+    @contextlib.contextmanager
+    def wrappers_kept(self) -> Iterator[None]:
+        """Inside, every call goes through peft's LoRA layers, also where none computes (the state before
+        plain linears served; ``bench_generation.py --arms lora`` compares the two)."""
+        self._wrap()
+        self._keep_wrappers = True
+        try:
+            yield
+        finally:
+            self._keep_wrappers = False
+            self._unwrap()
 
     def _adapters_off(self) -> None:
         if not self.adapters_off and self._wrapped():
