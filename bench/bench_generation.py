@@ -42,6 +42,12 @@ process, one model:
                 state once an adapter strategy ran): the pass (ABBA) and the single requests through
                 plain linears (the backend swaps the LoRA layers out while none computes) and through
                 peft's wrappers
+  --arms kv: pass, kv_buffers on|off, single requests (kv buffers on|off)
+                KV caches whose layers grow in place (harness/backends/kv_buffers.py) vs transformers'
+                ``DynamicLayer``, which copies the layer's cache at every step (``torch.cat``)
+  --arms shared: pass, shared_prefix on|off
+                continuous batches keeping their shared prompt prefix once, attended once for all rows
+                (harness/backends/shared_prefix.py), vs the prefix repeated into every row's cache
   --arms batch: pass, batch N (one arm per ``--batch-sizes``, ABBA order)
                 the pass with N prompts per call and N rows decoding together; ratios to the first size
   single requests (decode attention on|off)
@@ -186,14 +192,15 @@ def toggled_arms(
         with off() if arm == "off" else contextlib.nullcontext():
             texts[arm] = harness_arm(f"pass, {key} {arm} #{k}", prefix=True)
         wall[arm] += results[f"pass, {key} {arm} #{k}"]["seconds"]
-    ratios = single_arms(strategy, examples[:single], off, label, results)
-    summary = {
-        f"pass_{key}_on_vs_off_wall": wall["on"] / wall["off"],
-        f"single_{key}_on_vs_off_wall": results[f"single requests ({label} on)"]["seconds"]
-        / results[f"single requests ({label} off)"]["seconds"],
-        f"single_{key}_on_vs_off_median": statistics.median(ratios),
-        f"identical_answers_{key}_on_off": identical(texts["on"], texts["off"]),
-    }
+    summary = {f"pass_{key}_on_vs_off_wall": wall["on"] / wall["off"]}
+    if single:  # 0: a speed-up of batches only
+        ratios = single_arms(strategy, examples[:single], off, label, results)
+        summary[f"single_{key}_on_vs_off_wall"] = (
+            results[f"single requests ({label} on)"]["seconds"]
+            / results[f"single requests ({label} off)"]["seconds"]
+        )
+        summary[f"single_{key}_on_vs_off_median"] = statistics.median(ratios)
+    summary[f"identical_answers_{key}_on_off"] = identical(texts["on"], texts["off"])
     report(results, summary)
 
 
@@ -257,6 +264,41 @@ def lora_arms(strategy, examples, backend, harness_arm, results: dict, single: i
     )
 
 
+@contextlib.contextmanager
+def kv_copied(backend):
+    """The KV cache grown by a copy per step (transformers' ``DynamicLayer``), not in place."""
+    was, backend.kv_buffers = backend.kv_buffers, False
+    try:
+        yield
+    finally:
+        backend.kv_buffers = was
+
+
+def kv_arms(strategy, examples, backend, harness_arm, results: dict, single: int) -> None:
+    """``--arms kv``: KV caches growing in place (harness/backends/kv_buffers.py: on) or by ``torch.cat``."""
+    off = functools.partial(kv_copied, backend)
+    toggled_arms(strategy, examples, harness_arm, results, single, off, "kv buffers", "kv_buffers")
+
+
+@contextlib.contextmanager
+def prefix_repeated(backend):
+    """A batch's shared prefix repeated into every row of its cache, not kept once."""
+    was, backend.shared_prefix = backend.shared_prefix, False
+    try:
+        yield
+    finally:
+        backend.shared_prefix = was
+
+
+def shared_arms(strategy, examples, backend, harness_arm, results: dict) -> None:
+    """``--arms shared``: a batch's shared prefix kept once and attended once for all rows
+    (harness/backends/shared_prefix.py: on) or repeated into every row; batches only."""
+    if not backend.shared_prefix:
+        raise SystemExit("--arms shared: shared-prefix attention is off here (bf16/fp16 on a CPU only)")
+    off = functools.partial(prefix_repeated, backend)
+    toggled_arms(strategy, examples, harness_arm, results, 0, off, "shared prefix", "shared_prefix")
+
+
 def batch_arms(harness_arm, sizes: list[int], results: dict) -> None:
     """``--arms batch``: the pass at each of ``--batch-sizes`` (prompts per call and rows decoding
     together), in ABBA order against drift; ratios against the first size."""
@@ -289,9 +331,10 @@ def main() -> None:
     ap.add_argument(
         "--arms",
         default="all",
-        choices=["all", "fused", "gemv", "lora", "batch"],
+        choices=["all", "fused", "gemv", "lora", "batch", "kv", "shared"],
         help="fused: only stacked sibling projections on/off; gemv: only single requests' one-row gemv on/off; "
-        "lora: an adapter loaded and off, plain linears vs peft's wrappers; batch: the pass at --batch-sizes",
+        "lora: an adapter loaded and off, plain linears vs peft's wrappers; batch: the pass at --batch-sizes; "
+        "kv: KV caches growing in place vs by a copy per step; shared: a batch's shared prefix kept once vs per row",
     )
     ap.add_argument(
         "--batch-sizes", default="16,32", help="--arms batch: sizes to compare (the first: baseline)"
@@ -384,6 +427,12 @@ def main() -> None:
         attach_random_lora(backend, cfg)
         strategy.ctx = context([args.stop])
         return lora_arms(strategy, examples, backend, harness_arm, results, args.single)
+    if args.arms == "shared":
+        strategy.ctx = context([args.stop])
+        return shared_arms(strategy, examples, backend, harness_arm, results)
+    if args.arms == "kv":
+        strategy.ctx = context([args.stop])
+        return kv_arms(strategy, examples, backend, harness_arm, results, args.single)
     if args.arms == "batch":
         strategy.ctx = context([args.stop])
         return batch_arms(harness_arm, [int(x) for x in args.batch_sizes.split(",")], results)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.backends import switched_on
+from harness.backends import shared_prefix, switched_on
 
 # generation_config fields that make generate change the logits or the choice; any set -> generate
 _PROCESSING = {
@@ -83,6 +83,8 @@ class DecodeStats:
 def _join(cache: Any, mask: torch.Tensor, new_cache: Any, new_mask: torch.Tensor) -> torch.Tensor:
     """Append ``new_cache``'s rows to ``cache`` (in place), left-padding the narrower one's keys and
     values with zeros that its mask marks as absent; returns the joined mask."""
+    shared_prefix.expand_layers(cache)  # rows of different prefixes and paddings: one plain layout
+    shared_prefix.expand_layers(new_cache)
     width = max(mask.shape[1], new_mask.shape[1])
     for layer, new in zip(cache.layers, new_cache.layers, strict=True):
         pad_old, pad_new = width - layer.keys.shape[-2], width - new.keys.shape[-2]
@@ -101,6 +103,9 @@ def _keep(cache: Any, mask: torch.Tensor, keep: list[int]) -> torch.Tensor:
     mask = mask.index_select(0, index)
     start = int(mask.any(0).long().argmax())  # first column some row attends to
     for layer in cache.layers:
+        if hasattr(layer, "keep_rows"):  # kv_buffers.BufferedLayer: its spare columns stay with the rows
+            layer.keep_rows(index, start)
+            continue
         layer.keys = layer.keys.index_select(0, index)[..., start:, :]
         layer.values = layer.values.index_select(0, index)[..., start:, :]
     return mask[:, start:]

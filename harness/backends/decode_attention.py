@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from harness.backends import switched_on
+from harness.backends import shared_prefix, switched_on
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,14 @@ def attention_forward(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers attention function: unmasked decoding steps here, every other call to ``sdpa``."""
+    """transformers attention function: calls over a shared prefix (shared_prefix.py) and unmasked
+    decoding steps here, every other call to ``sdpa``."""
+    prefix = getattr(key, shared_prefix.ATTR, None)
+    if prefix is not None:
+        unsupported = dropout or any(kwargs.get(k) is not None for k in ("position_bias", "softcap", "s_aux"))
+        if unsupported or kwargs.get("output_attentions", False) or query.shape[1] % key.shape[1]:
+            raise RuntimeError("shared-prefix attention: this layer's attention options are not supported")
+        return shared_prefix.attention(query, key, value, prefix, attention_mask, scaling), None
     if (
         query.shape[2] == 1
         and attention_mask is None

@@ -21,9 +21,11 @@ import torch
 from harness.backends import (
     continuous,
     decode_attention,
+    kv_buffers,
     lm_head,
     packed_linear,
     register_backend,
+    shared_prefix,
     switched_on,
 )
 from harness.backends.base import BatchGeneration, Generation, Prompt, cut_at_stop
@@ -103,6 +105,12 @@ class TransformersBackend(AdapterSwitching):
             and continuous.plain_cache(self.model.config)
         )
         self.continuous_stats = continuous.DecodeStats()
+        # KV caches grow in place instead of by a copy per step (harness/backends/kv_buffers.py);
+        # ADAPTBENCH_KV_BUFFERS=0 turns it off. The static cache preallocates its own.
+        self.kv_buffers = kv_buffers.enabled_by_env() and not self.static_cache
+        # Continuous batches keep a shared prompt prefix once and attend to it once for all rows
+        # (harness/backends/shared_prefix.py), where the attention is decode_attention's; needs kv_buffers.
+        self.shared_prefix = self.kv_buffers and self.decode_attention and shared_prefix.enabled_by_env()
 
     @classmethod
     def open(cls, model_cfg: ModelConfig, cache_dir: Path) -> TransformersBackend:
@@ -120,6 +128,8 @@ class TransformersBackend(AdapterSwitching):
             "one_row_gemv": self.packed is not None and self.packed.gemv,
             "decode_attention": self.decode_attention,
             "continuous_batching": self.continuous,
+            "kv_buffers": self.kv_buffers,
+            "shared_prefix_attention": self.shared_prefix,
         }
 
     # -- prompts -------------------------------------------------------------------------------
@@ -152,8 +162,12 @@ class TransformersBackend(AdapterSwitching):
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
         return {k: v.to(self.model.device) for k, v in batch.items()}
 
-    def _with_prefix(self, ids: list[list[int]], adapter: str | None) -> dict[str, Any] | None:
-        """``generate`` inputs reusing a cached shared prefix of ``ids`` (computed now if new), or ``None``.
+    def _with_prefix(
+        self, ids: list[list[int]], adapter: str | None, max_new: int, share: bool = False
+    ) -> dict[str, Any] | None:
+        """``generate`` inputs reusing a cached shared prefix of ``ids`` (computed now if new), or ``None``;
+        the cache has room for the suffixes and ``max_new`` tokens more, and with ``share`` (continuous
+        batches) keeps the prefix once for all rows where shared-prefix attention is on.
 
         Called after ``select_adapter(adapter)``: the merged state read here is the one in effect."""
         cache = self.prefix_cache
@@ -178,8 +192,22 @@ class TransformersBackend(AdapterSwitching):
             cache.stats.tokens_saved += len(prefix) * len(ids)
             mark_cached_prefix(len(prefix))
         inputs = layout(len(prefix), ids, self._pad_id(), self.model.device)
-        inputs[self._cache_kwarg] = expand(kv, len(ids))
+        room = inputs["input_ids"].shape[1] - len(prefix) + max_new
+        copied = None
+        if share and self.shared_prefix and len(ids) > 1:
+            copied = shared_prefix.shared_cache(kv, len(ids), room)
+        if copied is None and self.kv_buffers:
+            copied = kv_buffers.repeated(kv, len(ids), room)
+        inputs[self._cache_kwarg] = copied if copied is not None else expand(kv, len(ids))
         return inputs
+
+    def _empty_cache(self, width: int, max_new: int) -> Any:
+        """A new KV cache for rows of up to ``width`` prompt tokens and ``max_new`` new ones."""
+        from transformers.cache_utils import DynamicCache
+
+        if self.kv_buffers:
+            return kv_buffers.empty_cache(self.model.config, width + max_new)
+        return DynamicCache(config=self.model.config)
 
     def generate(
         self, prompts: list[Prompt], params: GenerationConfig, adapter: str | None = None
@@ -214,7 +242,7 @@ class TransformersBackend(AdapterSwitching):
                     params.max_new_tokens,
                     stop_ids,
                     continuous.stop_strings_check(self.stops.criteria(stops)) if stops else None,
-                    lambda new: self._prefill(new, adapter),
+                    lambda new: self._prefill(new, adapter, params.max_new_tokens),
                     self.continuous_stats,
                     self._cache_kwarg,
                 )
@@ -249,8 +277,10 @@ class TransformersBackend(AdapterSwitching):
     ) -> list[list[int]]:
         """The library's ``generate`` on one left-padded batch; each row's new tokens (pads after a finished
         row included: ``stopping.row_length`` cuts them)."""
-        inputs = self._with_prefix(ids, adapter) or self._padded(ids)
+        inputs = self._with_prefix(ids, adapter, params.max_new_tokens) or self._padded(ids)
         width = inputs["input_ids"].shape[1]
+        if self._cache_kwarg not in inputs and not self.static_cache:
+            inputs[self._cache_kwarg] = self._empty_cache(width, params.max_new_tokens)
         if params.stop:
             # Per-row stopping inside generate: a row that produced a stop string is finished (pads
             # from then on), and the batch ends as soon as every row is finished, instead of running
@@ -259,15 +289,16 @@ class TransformersBackend(AdapterSwitching):
         out = self.model.generate(**inputs, **kwargs)
         return out[:, width:].tolist()
 
-    def _prefill(self, ids: list[list[int]], adapter: str | None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    def _prefill(
+        self, ids: list[list[int]], adapter: str | None, max_new: int
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Forward inputs for rows joining a continuous batch: through the prefix cache when it has (or
         now computes) their shared prefix, else one left-padded batch on an empty cache."""
-        from transformers.cache_utils import DynamicCache
-
-        inputs = self._with_prefix(ids, adapter)
+        inputs = self._with_prefix(ids, adapter, max_new, share=True)
         if inputs is None:
             plain = self._padded(ids)
-            return plain["input_ids"], plain["attention_mask"], DynamicCache(config=self.model.config)
+            width = plain["input_ids"].shape[1]
+            return plain["input_ids"], plain["attention_mask"], self._empty_cache(width, max_new)
         cache = inputs[self._cache_kwarg]
         return inputs["input_ids"][:, cache.get_seq_length() :], inputs["attention_mask"], cache
 
