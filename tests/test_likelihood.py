@@ -193,3 +193,50 @@ def test_answer_perplexity_ignores_a_loaded_or_merged_adapter(tiny_model_dir, tm
     assert [reference_nll(backend.model, ids, n) for ids, n in rows] == [
         pytest.approx(x, abs=1e-9) for x in adapted
     ]
+
+
+def prefixed_rows(vocab: int, seed: int, prefix_len: int = 24) -> list[tuple[list[int], int]]:
+    """Rows that all start with one ``prefix_len``-token prompt prefix (a system prompt), then their own
+    context (one row's context ends one token after the prefix: the shared part must stop before it) and
+    completion."""
+    rng = random.Random(seed)
+    prefix = [rng.randrange(4, vocab) for _ in range(prefix_len)]
+    rows = []
+    for own in (1, 5, 17, 3, 30, 9, 2):
+        ctx = prefix + [rng.randrange(4, vocab) for _ in range(own)]
+        rows.append((ctx + [rng.randrange(4, vocab) for _ in range(rng.randint(1, 20))], len(ctx)))
+    return rows
+
+
+def test_a_prompt_prefix_every_row_shares_is_computed_once(backend, monkeypatch):
+    model = backend.model
+    rows = prefixed_rows(backend.vocab_size, seed=5)
+    spy = ForwardSpy(model)
+    per_row = likelihood.masked_mean_nll(model, rows, backend._pad_id(), batch_size=3)
+    pooled = likelihood.token_mean_nll(model, rows, backend._pad_id(), batch_size=3)
+    model.forward = spy.real
+    want = [reference_nll(model, ids, n_ctx) for ids, n_ctx in rows]
+    assert per_row == [pytest.approx(w, abs=1e-9) for w in want]
+    total = sum(w * (len(ids) - n_ctx) for w, (ids, n_ctx) in zip(want, rows, strict=True))
+    assert pooled == pytest.approx(total / sum(len(ids) - n_ctx for ids, n_ctx in rows), abs=1e-9)
+    # Each pass: the 24-token prefix once (one row; its last token left to the row with 1 token of its
+    # own), then batches of the rows' own tokens only.
+    prefix_passes = [(w, n) for (w, keep), n in zip(spy.calls, spy.rows, strict=True) if keep == 1]
+    assert prefix_passes == [(24, 1), (24, 1)]
+    longest = max(len(ids) for ids, _ in rows)
+    assert all(w <= longest - 24 for (w, keep) in spy.calls if keep != 1)
+    # Switched off, or a row whose completion starts at its first token: no shared pass, same numbers.
+    monkeypatch.setenv("ADAPTBENCH_PREFIX_CACHE", "0")
+    spy = ForwardSpy(model)
+    assert likelihood.masked_mean_nll(model, rows, backend._pad_id(), 3) == [
+        pytest.approx(w, abs=1e-9) for w in per_row
+    ]
+    model.forward = spy.real
+    assert all(w > 24 for w, _ in spy.calls[:1]) and not any(keep == 1 for _, keep in spy.calls)
+    monkeypatch.delenv("ADAPTBENCH_PREFIX_CACHE")
+    spy = ForwardSpy(model)
+    odd = rows + [(rows[0][0], 0)]
+    got = likelihood.masked_mean_nll(model, odd, backend._pad_id(), 3)
+    model.forward = spy.real
+    assert not any(keep == 1 for _, keep in spy.calls)
+    assert got[-1] == pytest.approx(reference_nll(model, rows[0][0], 0), abs=1e-9)

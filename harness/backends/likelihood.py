@@ -1,8 +1,10 @@
 """Masked negative log-likelihood of completions: the one implementation behind answer perplexity
-(``LogLikelihood.completion_nll``) and adapter validation loss (``AdapterHost.adapter_nll``).
+(``LogLikelihood.completion_nll``) and adapter validation loss (``AdapterHost.adapter_nll``, and the
+trainer's own evaluations: strategies/adapters/validation.py).
 
 A row is ``(ids, n_context)``: the first ``n_context`` tokens are context, the rest the completion
-whose tokens are scored. Rows are right-padded (positions stay ``0..len-1``) and batched.
+whose tokens are scored. Rows are right-padded (positions stay ``0..len-1``) and batched; a prompt prefix
+every row shares is computed once and the rows continue from its keys and values (``_shared_prefix``).
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from harness.backends import switched_on
 from harness.backends.continuous import plain_cache, positions
 
 Row = tuple[list[int], int]
+MIN_SHARED_PREFIX = 16  # tokens: a shorter prefix shared by every row saves too little to run on its own
 
 
 def rows_from_masks(rows: list[dict[str, list[int]]]) -> list[Row]:
@@ -89,19 +94,26 @@ def _each_batch(
     keep_ok = keeps_logits(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     with _scoring(model):
+        shared, prefix_kv = _shared_prefix(model, rows, device) if keep_ok else (0, None)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            chunk = [rows[i] for i in idx]
+            chunk = [(rows[i][0][shared:], rows[i][1] - shared) for i in idx]
             batch = pad_rows(chunk, pad_id)
             width = batch["input_ids"].shape[1]
             # The first scored prediction is made at the last context token of the earliest completion.
             first = max(0, min(n_ctx for _, n_ctx in chunk) - 1) if keep_ok else 0
-            kwargs = {"logits_to_keep": width - first} if first else {}
-            logits = model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                **kwargs,
-            ).logits
+            kwargs: dict[str, Any] = {"logits_to_keep": width - first} if first else {}
+            mask = batch["attention_mask"].to(device)
+            if prefix_kv is not None:  # each row's own tokens continue from the shared prefix's keys
+                from harness.backends.prefix_cache import cache_kwarg, expand
+
+                mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype, device=device), mask], 1)
+                kwargs[cache_kwarg()] = expand(prefix_kv, len(chunk))
+                kwargs["position_ids"] = torch.arange(shared, shared + width, device=device).expand(
+                    len(chunk), -1
+                )
+                kwargs["use_cache"] = True
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, **kwargs).logits
             logits = logits[:, :-1]
             dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16/fp16 scored in fp32
             target = batch["labels"][:, first + 1 :].to(device)
@@ -117,6 +129,24 @@ def _each_batch(
                 ]
             )
             yield idx, nll, (target != -100).float()
+
+
+def _shared_prefix(model: Any, rows: list[Row], device: Any) -> tuple[int, Any]:
+    """``(length, keys and values)`` of the token prefix every row starts with, computed once, or
+    ``(0, None)``. Why: validation rows share their prompt's start (system prompt, chat template,
+    demonstrations), and on a CPU the forward pass is the whole cost. The prefix leaves every row at least
+    one context token of its own, so no scored prediction falls inside it; a prefix shorter than
+    ``MIN_SHARED_PREFIX`` tokens is not worth its own pass; ``ADAPTBENCH_PREFIX_CACHE=0`` turns it off, and
+    models whose cache cannot be continued (``shares_contexts``) never take it."""
+    if len(rows) < 2 or not switched_on("ADAPTBENCH_PREFIX_CACHE"):
+        return 0, None
+    n = min(len(os.path.commonprefix([ids for ids, _ in rows])), min(c for _, c in rows) - 1)
+    if n < MIN_SHARED_PREFIX or not shares_contexts(model):
+        return 0, None
+    from harness.backends.prefix_cache import compute_prefix_kv
+
+    kv = compute_prefix_kv(model, rows[0][0][:n], device)
+    return (n, kv) if kv is not None else (0, None)
 
 
 def masked_mean_nll(model: Any, rows: list[Row], pad_id: int, batch_size: int = 8) -> list[float]:

@@ -28,7 +28,7 @@ from strategies.adapters.params import TRAIN_KEYS, TrainParams
 RECORD_FILE = "training_record.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-CACHE_FORMAT = 2  # 2: base identity from backend.base_fingerprint()
+CACHE_FORMAT = 3  # 2: base identity from backend.base_fingerprint(); 3: token-weighted validation loss
 
 
 def cache_key(ctx: RunContext, params: TrainParams, data: TrainData, key_extra: Any = None) -> str:

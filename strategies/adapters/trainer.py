@@ -37,6 +37,7 @@ from strategies.adapters.data import PromptBuilder, TrainData, build_data
 from strategies.adapters.fused_head import compact_lm_head_on_cpu
 from strategies.adapters.params import TRAIN_KEYS, TrainParams
 from strategies.adapters.quantized import load_training_base, prepare_for_training
+from strategies.adapters.validation import with_token_validation
 
 log = logging.getLogger("adaptbench.training")
 # peft and trl read the model's ``is_gradient_checkpointing``, which transformers 5.25 deprecated: a warning
@@ -178,7 +179,7 @@ def build_trainer(
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     trl = require_module("trl", "adapter training")
-    SFTConfig, SFTTrainer = trl.SFTConfig, trl.SFTTrainer
+    SFTConfig, SFTTrainer = trl.SFTConfig, with_token_validation(trl.SFTTrainer)
 
     steps = planned_steps(params, len(data.train))
     per_epoch = max(1, math.ceil(len(data.train) / (params.batch_size * params.grad_accum)))
