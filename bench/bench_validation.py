@@ -5,8 +5,9 @@
 Rows: each adapter strategy's validation rows as ``adaptbench run`` builds them (the demo: qlora's 40, and
 rag_qlora's 12 retrieval-augmented ones). Arms, one process, alternating ``--repeats`` times (ABBA):
 
-  trl       the trainer's evaluation as trl runs it (``SFTTrainer.evaluate``: every position projected onto
-            the vocabulary, batches of the training batch size, the mean of batch means) on the 4-bit
+  trl       the trainer's evaluation as trl runs it (``SFTTrainer.evaluate`` under the harness's compact LM
+            head on CPU, as in training: labelled positions projected; batches of the training batch
+            size, every position through the model, the mean of batch means) on the 4-bit
             training base with a fresh LoRA adapter: the step-0 point of the loss curve, and every
             ``eval_steps``
   harness   ``strategies.adapters.validation``: the same rows through ``likelihood.token_mean_nll``
@@ -46,6 +47,7 @@ def bench_strategy(ctx, strategy, repeats: int) -> None:
 
     from harness.backends.likelihood import rows_from_masks
     from strategies.adapters.data import build_data
+    from strategies.adapters.fused_head import compact_lm_head_on_cpu
     from strategies.adapters.quantized import load_training_base, prepare_for_training
     from strategies.adapters.trainer import build_trainer, with_checkpointing
 
@@ -83,12 +85,13 @@ def bench_strategy(ctx, strategy, repeats: int) -> None:
         "served, prefix off": lambda: served(False),
         "served, prefix on": lambda: served(True),
     }
-    trainer_eval("harness"), served(True)  # warm-up
     order = list(arms)
-    for r in range(repeats):
-        for name in order if r % 2 == 0 else order[::-1]:
-            took, losses[name] = timed(arms[name])
-            seconds.setdefault(name, []).append(took)
+    with compact_lm_head_on_cpu():  # as in training: trl's fused LM head projects labelled positions only
+        trainer_eval("harness"), served(True)  # warm-up
+        for r in range(repeats):
+            for name in order if r % 2 == 0 else order[::-1]:
+                took, losses[name] = timed(arms[name])
+                seconds.setdefault(name, []).append(took)
     type(trainer).evaluation_loop = loops["harness"]
     med = {k: statistics.median(v) for k, v in seconds.items()}
     print(f"{strategy.id}: {len(rows)} validation rows, shared prefix {shared} tokens, {quant} training base")

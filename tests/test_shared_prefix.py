@@ -162,9 +162,23 @@ def test_continuous_batches_share_the_prefix_and_keep_their_tokens(backend, monk
 
 
 def test_rows_joining_a_shared_batch_get_the_tokens_of_single_requests(backend, monkeypatch):
+    monkeypatch.setattr(shared_prefix, "MIN_ROWS", 2)  # batches of 2 rows, so that rows join running ones
     seen = Seen(backend, monkeypatch)
     prompts = [few_shot(q) for q in QUESTIONS] + PLAIN[:2]
     params = GenerationConfig(max_new_tokens=9, batch_size=2)
     got = backend.generate(prompts, params).generations
     assert sum(isinstance(x, SharedPrefixLayer) for x in seen.layers) >= 2  # joins expanded them
     assert got == [backend.generate([p], params).generations[0] for p in prompts]
+
+
+def test_short_prefixes_and_small_batches_keep_the_repeated_layout(backend, monkeypatch):
+    """Below the thresholds two attention calls and a merge per layer cost more than they save."""
+    assert shared_prefix.worth_sharing(440, 32) and shared_prefix.worth_sharing(128, 4)
+    assert not shared_prefix.worth_sharing(41, 32) and not shared_prefix.worth_sharing(440, 3)
+    seen = Seen(backend, monkeypatch)
+    prompts = [few_shot(q) for q in QUESTIONS]
+    backend.generate(prompts[:3], GenerationConfig(max_new_tokens=4, batch_size=3))  # 3 rows
+    monkeypatch.setattr(shared_prefix, "MIN_PREFIX_TOKENS", 10_000)
+    backend.generate(prompts, GenerationConfig(max_new_tokens=4, batch_size=5))  # a short prefix
+    assert seen.layers and not any(isinstance(x, SharedPrefixLayer) for x in seen.layers)
+    assert seen.calls == 0

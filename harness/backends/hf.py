@@ -194,9 +194,10 @@ class TransformersBackend(AdapterSwitching):
         inputs = layout(len(prefix), ids, self._pad_id(), self.model.device)
         room = inputs["input_ids"].shape[1] - len(prefix) + max_new
         copied = None
-        if share and self.shared_prefix and len(ids) > 1:
+        if share and self.shared_prefix and shared_prefix.worth_sharing(len(prefix), len(ids)):
             copied = shared_prefix.shared_cache(kv, len(ids), room)
-        if copied is None and self.kv_buffers:
+        # A single request's cache is small: there the copy per step costs less than the buffers' bookkeeping.
+        if copied is None and self.kv_buffers and (share or len(ids) > 1):
             copied = kv_buffers.repeated(kv, len(ids), room)
         inputs[self._cache_kwarg] = copied if copied is not None else expand(kv, len(ids))
         return inputs
@@ -279,7 +280,7 @@ class TransformersBackend(AdapterSwitching):
         row included: ``stopping.row_length`` cuts them)."""
         inputs = self._with_prefix(ids, adapter, params.max_new_tokens) or self._padded(ids)
         width = inputs["input_ids"].shape[1]
-        if self._cache_kwarg not in inputs and not self.static_cache:
+        if self._cache_kwarg not in inputs and self.kv_buffers and len(ids) > 1:
             inputs[self._cache_kwarg] = self._empty_cache(width, params.max_new_tokens)
         if params.stop:
             # Per-row stopping inside generate: a row that produced a stop string is finished (pads

@@ -10,6 +10,10 @@ its keys and values, writes new columns into them and hands out views of the fil
 runs out it reallocates with room again. Whatever assigns ``keys`` / ``values`` directly (transformers'
 row selection and crops, the continuous loop's joins) replaces the buffer, and the next append makes room.
 
+Batches only: for one row (a single request) the copy is small and the buffers' bookkeeping per layer
+costs more (30 layers, one step: 0.44 ms buffered vs 0.17 ms copied at 60 cached tokens; at 32 rows 0.57
+ms vs 4.95 ms, at 32 rows x 500 tokens 0.57 vs 20.7 ms).
+
 Numbers: the same keys and values in the same layout as ``DynamicLayer``'s, so every attention call sees
 the same tensors (``tests/test_kv_buffers.py``). ``ADAPTBENCH_KV_BUFFERS=0`` turns it off.
 """
@@ -83,11 +87,22 @@ class BufferedLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self._k = _append(self._k, self._kn, key_states, self.room)
-        self._v = _append(self._v, self._vn, value_states, self.room)
-        self._kn += key_states.shape[-2]
-        self._vn += value_states.shape[-2]
-        return self.keys, self.values
+        n, add, buf = self._kn, key_states.shape[-2], self._k
+        if (  # the common step: the same rows, room left (checked without building views)
+            buf is not None
+            and buf.dim() == 4
+            and n == self._vn
+            and buf.shape[0] == key_states.shape[0]
+            and buf.shape[-2] >= n + add
+            and self._v.shape[-2] >= n + add
+        ):
+            buf[:, :, n : n + add] = key_states
+            self._v[:, :, n : n + add] = value_states
+        else:
+            self._k = _append(self._k, self._kn, key_states, self.room)
+            self._v = _append(self._v, self._vn, value_states, self.room)
+        self._kn = self._vn = n + add
+        return self._k[:, :, : n + add], self._v[:, :, : n + add]
 
     def keep_rows(self, index: torch.Tensor, start: int) -> None:
         """Only rows ``index`` stay, from column ``start`` on; the spare columns stay with them."""

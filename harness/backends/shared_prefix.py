@@ -19,7 +19,8 @@ queries to its own columns under the mask's own columns, and the two partial res
 log-sum-exp. Mathematically the same attention; in bf16 the two partial outputs are rounded before the
 merge, so a greedy answer may flip at a near-tie (``tests/test_shared_prefix.py`` checks equality in
 float64). Only where the model's attention is ``decode_attention``'s (bf16/fp16 on CPU, sdpa), for
-continuous batches of more than one row; ``ADAPTBENCH_SHARED_PREFIX=0`` turns it off.
+continuous batches of at least ``MIN_ROWS`` rows over a prefix of at least ``MIN_PREFIX_TOKENS`` tokens (shorter
+ones cost more than they save); ``ADAPTBENCH_SHARED_PREFIX=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -34,8 +35,22 @@ from harness.backends.kv_buffers import BufferedLayer
 ATTR = "_adaptbench_shared_prefix"  # set on the key tensor a SharedPrefixLayer hands to the attention
 
 
+# Below these the per-layer overhead of two attention calls and the merge costs more than reading the
+# repeated prefix: the demo's zero-shot batches (a 41-token prefix, 32 rows) ran 1.11x slower with it,
+# its few-shot (278 tokens) 0.90x and RAG (440) 0.85x the time (bench_generation.py --arms shared).
+MIN_PREFIX_TOKENS = 128
+MIN_ROWS = 4
+
+_last_mask: list[Any] = [None, None]  # (attention mask, its own-column parts): one mask serves every layer
+
+
 def enabled_by_env() -> bool:
     return switched_on("ADAPTBENCH_SHARED_PREFIX")
+
+
+def worth_sharing(prefix_len: int, rows: int) -> bool:
+    """Whether a batch of ``rows`` rows over a ``prefix_len``-token prefix gains from sharing it."""
+    return prefix_len >= MIN_PREFIX_TOKENS and rows >= MIN_ROWS
 
 
 class SharedPrefixLayer(BufferedLayer):
@@ -111,6 +126,35 @@ def _own_mask(mask: torch.Tensor | None, prefix_len: int, q_len: int, own: int) 
     return part if part.dtype == torch.bool else part > torch.finfo(part.dtype).min / 2
 
 
+def _own_parts(
+    mask: torch.Tensor | None,
+    prefix_len: int,
+    batch: int,
+    group: int,
+    q_len: int,
+    own: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive mask of the rows' own columns for the packed query rows, and which query rows have no
+    own column allowed; computed once per forward pass (every layer gets the same mask tensor)."""
+    key = (mask, prefix_len, batch, group, q_len, own, dtype)
+    if (
+        _last_mask[0] is not None
+        and len(_last_mask[0]) == len(key)
+        and all(
+            a is b if isinstance(a, torch.Tensor) or a is None else a == b
+            for a, b in zip(_last_mask[0], key, strict=True)
+        )
+    ):
+        return _last_mask[1]
+    allowed = _own_mask(mask, prefix_len, q_len, own)
+    allowed = allowed.expand(batch, 1, q_len, own).repeat(1, 1, group, 1)
+    additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))
+    parts = (additive, ~allowed.any(-1))
+    _last_mask[:] = [key, parts]
+    return parts
+
+
 def attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -134,12 +178,10 @@ def attention(
     out_p = out_p.reshape(kv_heads, batch, group * q_len, -1).transpose(0, 1)
     lse_p = lse_p.reshape(kv_heads, batch, group * q_len).transpose(0, 1)
     # 2. Each row's own columns under the mask's own columns (repeated for each query head of a group).
-    allowed = _own_mask(attention_mask, prefix_k.shape[-2], q_len, own)
-    allowed = allowed.expand(batch, 1, q_len, own).repeat(1, 1, group, 1)
-    additive = torch.zeros(allowed.shape, dtype=query.dtype).masked_fill_(~allowed, float("-inf"))
+    additive, dead = _own_parts(attention_mask, prefix_k.shape[-2], batch, group, q_len, own, query.dtype)
     out_o, lse_o = flash(packed, key, value, attn_mask=additive, scale=scaling)
     # A query row with none of its own columns allowed (a padding position) has only the prefix part.
-    lse_o = lse_o.masked_fill(~allowed.any(-1), float("-inf"))
+    lse_o = lse_o.masked_fill(dead, float("-inf"))
     # 3. Merge by log-sum-exp, in fp32 at least (the kernel's log-sum-exp of bf16 inputs is fp32).
     acc = torch.promote_types(query.dtype, torch.float32)
     lse_p, lse_o = lse_p.to(acc), lse_o.to(acc)
