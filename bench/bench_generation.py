@@ -77,6 +77,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -264,30 +265,10 @@ def lora_arms(strategy, examples, backend, harness_arm, results: dict, single: i
     )
 
 
-@contextlib.contextmanager
-def kv_copied(backend):
-    """The KV cache grown by a copy per step (transformers' ``DynamicLayer``), not in place."""
-    was, backend.kv_buffers = backend.kv_buffers, False
-    try:
-        yield
-    finally:
-        backend.kv_buffers = was
-
-
 def kv_arms(strategy, examples, backend, harness_arm, results: dict, single: int) -> None:
     """``--arms kv``: KV caches growing in place (harness/backends/kv_buffers.py: on) or by ``torch.cat``."""
-    off = functools.partial(kv_copied, backend)
+    off = functools.partial(mock.patch.object, backend, "kv_buffers", False)
     toggled_arms(strategy, examples, harness_arm, results, single, off, "kv buffers", "kv_buffers")
-
-
-@contextlib.contextmanager
-def prefix_repeated(backend):
-    """A batch's shared prefix repeated into every row of its cache, not kept once."""
-    was, backend.shared_prefix = backend.shared_prefix, False
-    try:
-        yield
-    finally:
-        backend.shared_prefix = was
 
 
 def shared_arms(strategy, examples, backend, harness_arm, results: dict) -> None:
@@ -295,7 +276,7 @@ def shared_arms(strategy, examples, backend, harness_arm, results: dict) -> None
     (harness/backends/shared_prefix.py: on) or repeated into every row; batches only."""
     if not backend.shared_prefix:
         raise SystemExit("--arms shared: shared-prefix attention is off here (bf16/fp16 on a CPU only)")
-    off = functools.partial(prefix_repeated, backend)
+    off = functools.partial(mock.patch.object, backend, "shared_prefix", False)  # repeated per row
     toggled_arms(strategy, examples, harness_arm, results, 0, off, "shared prefix", "shared_prefix")
 
 
