@@ -47,6 +47,19 @@ def test_a_bf16_tie_is_decided_by_the_fp32_logits_not_by_the_lower_token_id():
     assert torch.equal(out[0, 0], plain[0, 0].float())
 
 
+def test_the_top_logits_stay_fp32_under_a_trainers_bf16_autocast():
+    """A trainer's mixed precision wraps the forward in a bf16 autocast: the recomputation must not drop
+    back to bf16 (it did, and the fp32 scatter failed on the plain-Trainer bench arm)."""
+    head, hidden = _tie_head()
+    handle = head.register_forward_hook(lm_head.exact_top_logits)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(hidden)
+    handle.remove()
+    assert out.dtype == torch.float32 and out.argmax(-1).item() == 6  # the fp32 tie-break, not the bf16 one
+    want = hidden.double() @ head.weight.double().T
+    assert abs(out[0, 6].item() - want[0, 6].item()) < 1e-5
+
+
 def test_top_candidates_match_an_fp32_head_on_a_real_bf16_model(tiny_model_dir, tmp_path):
     loaded = load_model(ModelConfig(id=str(tiny_model_dir), dtype="bfloat16"), tmp_path)
     backend = TransformersBackend(loaded)

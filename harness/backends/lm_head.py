@@ -39,7 +39,9 @@ def exact_top_logits(
     (hidden,) = args[:1]
     k = min(TOP_K, output.shape[-1])
     top = output.topk(k, dim=-1).indices
-    exact = torch.einsum("...d,...kd->...k", hidden.float(), module.weight[top].float())
+    # Under a 16-bit autocast (a trainer's mixed precision) the einsum would run in 16 bits again.
+    with torch.autocast(hidden.device.type, enabled=False):
+        exact = torch.einsum("...d,...kd->...k", hidden.float(), module.weight[top].float())
     bias = getattr(module, "bias", None)
     if bias is not None:
         exact = exact + bias[top].float()
