@@ -164,7 +164,13 @@ def baseline_trainer(loaded, params, data, device: str, out: Path):
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from harness.backends.likelihood import pad_rows, rows_from_masks
-    from strategies.adapters.trainer import lora_config, optimizer_name, precision_flags, progress_callback
+    from strategies.adapters.trainer import (
+        checkpointing_args,
+        lora_config,
+        optimizer_name,
+        precision_flags,
+        progress_callback,
+    )
 
     model = get_peft_model(loaded.model, lora_config(params))
     pad = loaded.tokenizer.pad_token_id
@@ -180,7 +186,7 @@ def baseline_trainer(loaded, params, data, device: str, out: Path):
         lr_scheduler_type=params.lr_scheduler,
         max_grad_norm=params.max_grad_norm,
         optim=optimizer_name(params, device),
-        gradient_checkpointing=params.gradient_checkpointing,
+        **checkpointing_args(TrainingArguments, params.gradient_checkpointing),
         include_num_input_tokens_seen="non_padding",
         save_strategy="no",
         report_to="none",
