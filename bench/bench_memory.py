@@ -61,7 +61,8 @@ def demo_trainer(ctx, params, data, cache: Path, label: str, evaluate: bool = Tr
     """(trainer, params with ``auto`` decided) as the harness builds them: the training base (4-bit for
     QLoRA), gradient checkpointing as configured, the base's mixed precision."""
     from strategies.adapters.quantized import load_training_base, prepare_for_training
-    from strategies.adapters.trainer import build_trainer, with_checkpointing
+    from strategies.adapters.settings import with_checkpointing
+    from strategies.adapters.trainer import build_trainer
 
     loaded, quant, _ = load_training_base(ctx.backend, params)
     params = with_checkpointing(params, ctx.backend.device, loaded.info.dtype)

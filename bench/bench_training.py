@@ -164,13 +164,8 @@ def baseline_trainer(loaded, params, data, device: str, out: Path):
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from harness.backends.likelihood import pad_rows, rows_from_masks
-    from strategies.adapters.trainer import (
-        checkpointing_args,
-        lora_config,
-        optimizer_name,
-        precision_flags,
-        progress_callback,
-    )
+    from strategies.adapters.settings import checkpointing_args, lora_config, optimizer_name, precision_flags
+    from strategies.adapters.trainer import progress_callback
 
     model = get_peft_model(loaded.model, lora_config(params))
     pad = loaded.tokenizer.pad_token_id

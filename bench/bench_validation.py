@@ -49,7 +49,8 @@ def bench_strategy(ctx, strategy, repeats: int) -> None:
     from strategies.adapters.data import build_data
     from strategies.adapters.fused_head import compact_lm_head_on_cpu
     from strategies.adapters.quantized import load_training_base, prepare_for_training
-    from strategies.adapters.trainer import build_trainer, with_checkpointing
+    from strategies.adapters.settings import with_checkpointing
+    from strategies.adapters.trainer import build_trainer
 
     backend = ctx.backend
     strategy.setup(ctx)

@@ -18,7 +18,7 @@ from harness.errors import ConfigError, DataError
 from harness.runner import use_adapters
 from strategies.adapters.data import completion_text, encode_example, kb_chunks, split_rows
 from strategies.adapters.params import TrainParams
-from strategies.adapters.trainer import planned_steps
+from strategies.adapters.settings import planned_steps
 from strategies.rag_qlora import raft_context
 from strategies.retrieval import RetrievedChunk
 
@@ -121,7 +121,7 @@ def test_train_params_defaults_and_errors():
 
 
 def test_gradient_checkpointing_auto_is_off_only_for_bf16_training_on_cpu():
-    from strategies.adapters.trainer import with_checkpointing
+    from strategies.adapters.settings import with_checkpointing
 
     auto = TrainParams(gradient_checkpointing="auto")
     decided = {
@@ -150,7 +150,7 @@ def test_checkpointing_reaches_the_trainer_args_without_a_deprecation_warning(tm
 
     from trl import SFTConfig
 
-    from strategies.adapters.trainer import checkpointing_args
+    from strategies.adapters.settings import checkpointing_args
 
     for on in (True, False):
         with warnings.catch_warnings():
