@@ -245,7 +245,10 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
     """Load base model + tokenizer once; strategies share it (adapters attach to it, not to a copy)."""
     from transformers import AutoModelForCausalLM
 
+    from harness.backends import hub_kernels
+
     start = time.perf_counter()
+    hub_kernels.guard(cfg.trust_remote_code)  # before bitsandbytes can be imported (a 4-bit load, peft)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if device == "cpu":
