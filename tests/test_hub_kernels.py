@@ -17,7 +17,10 @@ kernels = pytest.importorskip("kernels")
 
 @pytest.fixture
 def recorder(monkeypatch):
-    """``kernels.get_kernel`` replaced by one that records its repositories (no network)."""
+    """``kernels.get_kernel`` and transformers' own reference to it replaced by one that records its
+    repositories (no network)."""
+    from transformers.integrations import hub_kernels as transformers_hub
+
     calls: list[str] = []
 
     def fake(repo_id, *args, **kwargs):
@@ -25,18 +28,25 @@ def recorder(monkeypatch):
         return "kernel"
 
     monkeypatch.setattr(kernels, "get_kernel", fake)
+    monkeypatch.setattr(transformers_hub, "get_kernel_hub", fake)
     monkeypatch.setitem(hub_kernels._state, "allowed", False)
     return calls
 
 
 def test_refused_unless_trusted(recorder):
+    from transformers.integrations import hub_kernels as transformers_hub
+
     assert hub_kernels.guard(False)
     with pytest.raises(hub_kernels.HubKernelRefused, match="kernels-community/x.*trust_remote_code"):
         kernels.get_kernel("kernels-community/x", version=1)
+    # transformers' own path (fp8, mxfp4, GGUF kernels ...) goes through its reference: refused as well
+    with pytest.raises(hub_kernels.HubKernelRefused, match="kernels-community/fp8-fbgemm"):
+        transformers_hub.get_kernel("kernels-community/fp8-fbgemm", version=1)
     assert recorder == [] and not hub_kernels.allowed()
-    hub_kernels.guard(True)  # the same guard, now permitting: one wrapper, not two
+    hub_kernels.guard(True)  # the same guards, now permitting: one wrapper each, not two
     assert kernels.get_kernel("kernels-community/x", version=1) == "kernel"
-    assert recorder == ["kernels-community/x"] and hub_kernels.allowed()
+    assert transformers_hub.get_kernel("kernels-community/fp8-fbgemm", version=1) == "kernel"
+    assert recorder == ["kernels-community/x", "kernels-community/fp8-fbgemm"] and hub_kernels.allowed()
 
 
 # A fresh interpreter: bitsandbytes asks for its kernel once, when it is imported.

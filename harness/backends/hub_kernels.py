@@ -6,11 +6,12 @@ Hub whether the publisher is trusted and downloads a compiled kernel that bitsan
 products. That is code from the Hub that the config never asked for. It is not recorded in the run
 manifest, and the same run computes differently online than offline. Without a network the lookup still
 runs first: 1.6 s for a failed DNS lookup on the CI machine class, and up to the HTTP timeout behind a
-proxy that drops the connection. Loading a model, whatever the quantization, installs this guard first:
-``kernels.get_kernel`` then refuses, bitsandbytes catches that and keeps its own kernels (what it does
-offline). ``model.trust_remote_code: true`` lifts the guard, as it lets the model's own code run.
-transformers fetches Hub kernels only when asked (``use_kernels``, a Hub attention implementation), through
-its own reference to ``get_kernel``, which this guard leaves alone: that request is the user's.
+proxy that drops the connection. transformers does the same for some quantisation formats and
+architectures (fp8, mxfp4, eetq, GGUF weights kept packed, rwkv, ...), through its own reference to
+``get_kernel``. Loading a model, whatever the quantization, installs this guard on both references first:
+they refuse, and the libraries keep their own code paths where they have one (what they do offline) or
+stop with this module's message. ``model.trust_remote_code: true`` lifts the guard, as it lets the
+model's own code run.
 """
 
 from __future__ import annotations
@@ -43,9 +44,21 @@ def guard(allow: bool) -> bool:
         return False
     import kernels
 
-    if not getattr(kernels.get_kernel, "_adaptbench_guard", False):
-        kernels.get_kernel = _guarded(kernels.get_kernel)
+    _wrap(kernels, "get_kernel")
+    try:
+        from transformers.integrations import hub_kernels as transformers_hub
+    except ImportError:  # a transformers without kernel support: nothing of its own to guard
+        return True
+    if hasattr(transformers_hub, "get_kernel_hub"):
+        _wrap(transformers_hub, "get_kernel_hub")
     return True
+
+
+def _wrap(owner: Any, name: str) -> None:
+    """``owner.name`` guarded, once."""
+    current = getattr(owner, name)
+    if not getattr(current, "_adaptbench_guard", False):
+        setattr(owner, name, _guarded(current))
 
 
 def _guarded(get_kernel: Any) -> Any:
