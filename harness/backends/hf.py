@@ -21,7 +21,7 @@ import torch
 from harness.backends import (
     continuous,
     decode_attention,
-    hub_kernels,
+    hub_traffic,
     kv_buffers,
     lm_head,
     packed_linear,
@@ -131,7 +131,7 @@ class TransformersBackend(AdapterSwitching):
             "continuous_batching": self.continuous,
             "kv_buffers": self.kv_buffers,
             "shared_prefix_attention": self.shared_prefix,
-            "hub_kernels": hub_kernels.allowed(),
+            "hub_kernels": hub_traffic.allowed(),
         }
 
     # -- prompts -------------------------------------------------------------------------------

@@ -245,10 +245,10 @@ def load_model(cfg: ModelConfig, cache: Path, *, quantization: str | None = None
     """Load base model + tokenizer once; strategies share it (adapters attach to it, not to a copy)."""
     from transformers import AutoModelForCausalLM
 
-    from harness.backends import hub_kernels
+    from harness.backends import hub_traffic
 
     start = time.perf_counter()
-    hub_kernels.guard(cfg.trust_remote_code)  # before bitsandbytes can be imported (a 4-bit load, peft)
+    hub_traffic.guard(cfg.trust_remote_code)  # before bitsandbytes can be imported; telemetry off
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if device == "cpu":

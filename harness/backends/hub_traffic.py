@@ -1,6 +1,6 @@
-"""No compute kernels downloaded from the Hugging Face Hub unless the config trusts remote code.
+"""No traffic to the Hugging Face Hub that the config did not ask for: no kernels, no telemetry.
 
-Why: bitsandbytes (0.49 and later), when it is imported on a CPU with AVX512-BF16, calls
+**Kernels.** bitsandbytes (0.49 and later), when it is imported on a CPU with AVX512-BF16, calls
 ``kernels.get_kernel("kernels-community/quantization-bitsandbytes")``. The ``kernels`` package then asks the
 Hub whether the publisher is trusted and downloads a compiled kernel that bitsandbytes uses for 4-bit
 products. That is code from the Hub that the config never asked for. It is not recorded in the run
@@ -12,6 +12,11 @@ architectures (fp8, mxfp4, eetq, GGUF weights kept packed, rwkv, ...), through i
 they refuse, and the libraries keep their own code paths where they have one (what they do offline) or
 stop with this module's message. ``model.trust_remote_code: true`` lifts the guard, as it lets the
 model's own code run.
+
+**Telemetry.** trl's trainers report each training run to the Hub (trainer, model architecture, whether peft,
+how the data was loaded, device) from a background thread, unless ``CI`` is set. A harness that adapters
+are trained with on business data sends nothing it was not asked to: telemetry is off for the process
+(huggingface_hub's ``HF_HUB_DISABLE_TELEMETRY``, read once at its import, so set on its constants).
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ def allowed() -> bool:
 
 
 def guard(allow: bool) -> bool:
-    """Refuse (``allow`` false) or permit Hub kernels from now on; returns whether ``kernels`` is installed.
-    Call before anything imports bitsandbytes: it binds ``get_kernel`` when it is imported."""
+    """Telemetry off; Hub kernels refused (``allow`` false) or permitted from now on. Returns whether
+    ``kernels`` is installed. Call before anything imports bitsandbytes: it binds ``get_kernel`` then."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_DISABLE_TELEMETRY = True
     _state["allowed"] = allow
     if importlib.util.find_spec("kernels") is None:
         return False
