@@ -12,6 +12,7 @@ import yaml
 from harness.config import DecisionConfig, load_config
 from harness.decision import Constraint, Engine, decide, parse_constraint, utility
 from harness.decision.analysis import analyze
+from harness.decision.measures import format_value
 from harness.decision.sensitivity import sensitivity
 from harness.decision.weighted import scale_for
 from harness.errors import ConfigError
@@ -140,6 +141,22 @@ def test_no_significant_difference_prefers_the_cheaper():
     assert d.headline == "No significant difference; prefer the cheaper: qlora"
     assert "qlora is the cheapest of the tied strategies ($0.0060" in d.detail
     assert set(d.tie_set) >= {"rag", "qlora"}
+
+
+def test_sub_cent_costs_that_decide_a_tie_are_printed_apart():
+    """A fast model on a GPU costs fractions of a cent per 1,000 queries; the tie-break tells costs apart at
+    two significant digits, so the text must too (four decimals printed both as $0.0001)."""
+    point = {s: dict(v) for s, v in POINT.items()}
+    point["rag"]["total_cost_per_1k_usd"] = 0.000091
+    point["qlora"].update(token_f1=0.545, total_cost_per_1k_usd=0.000087, peak_memory_gb=2.0)
+    d = _engine(
+        point, spread={"prompt": 0.05, "rag": 0.05, "qlora": 0.05}, weights={"token_f1": 1.0}
+    ).decide()
+    assert d.recommended == "qlora" and d.reason == "not_significant"
+    assert "$0.000087" in d.detail and "$0.0001 " not in d.detail
+    assert format_value("total_cost_per_1k_usd", 0.000091) == "$0.000091"
+    assert format_value("total_cost_per_1k_usd", 0.006) == "$0.0060"  # two significant digits already
+    assert format_value("total_cost_per_1k_usd", 0.0) == "$0.0000"
 
 
 def test_no_feasible_strategy():

@@ -14,6 +14,7 @@ Kinds:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -198,7 +199,11 @@ def format_value(name: str, value: float | None, digits: int | None = None) -> s
     if m.unit == "":
         return f"{100 * value:.{1 if digits is None else digits}f}%"
     if m.unit == "USD":
-        return f"${value:.{4 if digits is None else digits}f}"
+        if digits is None:
+            # At least two significant digits: the decision tells costs apart at two (``cost_key``), so
+            # $0.000087 and $0.000091 must not both read $0.0001 beside a "cheaper" verdict.
+            digits = 4 if value == 0 or abs(value) >= 0.001 else 1 - math.floor(math.log10(abs(value)))
+        return f"${value:.{digits}f}"
     if m.unit == "ms":
         return f"{value:,.{0 if digits is None else digits}f} ms"
     return f"{value:,.{(2 if abs(value) < 10 else 1) if digits is None else digits}f} {m.unit}"
