@@ -158,4 +158,5 @@ def tradeoff(eng: Engine, a: str, b: str) -> str:
 def cost_text(eng: Engine, sid: str) -> str:
     setup = eng.value(sid, "setup_time_min")
     text = f"{format_value(COST_KEY, eng.value(sid, COST_KEY))} per 1,000 queries"
-    return text + (f", {setup:.1f} min setup" if math.isfinite(setup) else "")
+    # The setup as every table prints it (``format_value``): "0.0 min" read as none for a 3 s training.
+    return text + (f", {format_value('setup_time_min', setup)} setup" if math.isfinite(setup) else "")

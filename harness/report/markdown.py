@@ -64,7 +64,7 @@ def summary_markdown(an: Analysis, d: Decision) -> str:
         cells.append(format_value("total_cost_per_1k_usd", an.point[s].get("total_cost_per_1k_usd")))
         # The same "setup" the headline and the reasons quote: the strategy's whole prepare step.
         setup = an.point[s].get("setup_time_min", float("nan"))
-        cells.append(f"{setup:.1f} min" if math.isfinite(setup) else "n/a")
+        cells.append(format_value("setup_time_min", setup) if math.isfinite(setup) else "n/a")
         lines.append("| " + " | ".join(_md(c) if i else c for i, c in enumerate(cells)) + " |")
     truncated = {
         sid: n
