@@ -159,6 +159,21 @@ def test_sub_cent_costs_that_decide_a_tie_are_printed_apart():
     assert format_value("total_cost_per_1k_usd", 0.0) == "$0.0000"
 
 
+def test_weighted_tie_broken_by_latency_says_faster_not_cheaper():
+    point = {s: dict(v) for s, v in POINT.items()}
+    point["rag"]["total_cost_per_1k_usd"] = 0.0101
+    point["qlora"].update(
+        token_f1=0.545, total_cost_per_1k_usd=0.0104, peak_memory_gb=2.0
+    )  # 0.010 at 2 digits
+    d = _engine(
+        point, spread={"prompt": 0.05, "rag": 0.05, "qlora": 0.05}, weights={"token_f1": 1.0}
+    ).decide()
+    assert d.recommended == "qlora" and d.reason == "not_significant"
+    assert d.headline == "No significant difference; prefer the faster at the same cost: qlora"
+    assert "cost the same to two significant digits, and qlora is the fastest" in d.detail
+    assert "p95 latency 120 ms" in d.detail and "cheapest" not in d.detail
+
+
 def test_no_feasible_strategy():
     d = _engine(POINT, constraints=["latency_p95_ms <= 50"]).decide()
     assert d.recommended is None and d.reason == "no_feasible" and len(d.excluded) == 3

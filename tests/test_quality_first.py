@@ -89,6 +89,31 @@ def test_identical_strategies_tie_and_the_first_cheapest_wins():
     assert d.reason == "tie" and d.recommended == "b" and d.confidence == pytest.approx(0.5)
 
 
+def test_a_tie_broken_by_latency_does_not_call_the_pick_cheaper():
+    """b costs more as printed ($0.0104 vs $0.0101) but the same at the tie-break's two significant digits,
+    and answers faster: the text must name latency, not claim b is cheaper than its own numbers say."""
+    x = _scores(0.0, 0.03, 7)
+    data = {
+        "a": {"token_f1": x, "latency_p95_ms": 100.0, "total_cost_per_1k_usd": 0.0101},
+        "b": {"token_f1": x.copy(), "latency_p95_ms": 90.0, "total_cost_per_1k_usd": 0.0104},
+    }
+    d = engine_from_arrays(data, "token_f1").decide()
+    assert d.reason == "tie" and d.recommended == "b"
+    assert d.headline.endswith("as cheap and faster") and "cheaper" not in d.headline
+    assert "the fastest: b ($0.0104 per 1,000 queries" in d.detail and "p95 latency 90 ms" in d.detail
+    assert "Cheapest" not in d.detail
+    # Cheaper at two significant digits: the cost decides and the text says so.
+    data["b"]["total_cost_per_1k_usd"] = 0.0090
+    d2 = engine_from_arrays(data, "token_f1").decide()
+    assert (
+        d2.recommended == "b" and d2.headline.endswith("cheaper") and "Cheapest of the tied: b" in d2.detail
+    )
+    # Same cost and latency: the config order decides, and the text says that.
+    data["b"].update(total_cost_per_1k_usd=0.0101, latency_p95_ms=100.0)
+    d3 = engine_from_arrays(data, "token_f1").decide()
+    assert d3.recommended == "a" and d3.headline.endswith("as cheap and as fast")
+
+
 def test_constraint_excluding_the_leader_is_named():
     eng = _engine(0.07, margin=0.02)
     d = eng.decide(constraints=[parse_constraint("latency_p95_ms <= 1200")])

@@ -97,13 +97,27 @@ def explain_weighted(eng: Engine, d: Decision) -> None:
                 f"{format_value(p, eng.value(r2, p))}."
             )
         else:
-            d.headline = f"No significant difference; prefer the cheaper: {rec}"
-            cheap = (
-                f"{rec} is the cheapest of the tied strategies ({cost_text(eng, rec)}; "
-                f"{top}: {cost_text(eng, top)})"
-                if rec != top
-                else f"{rec} is also the cheapest of them ({cost_text(eng, rec)})"
-            )
+            why = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
+            d.headline = {
+                "cost": f"No significant difference; prefer the cheaper: {rec}",
+                "latency": f"No significant difference; prefer the faster at the same cost: {rec}",
+                "order": f"No significant difference; same cost and latency, first in the config: {rec}",
+            }[why]
+            other = top if rec != top else r2
+            if why == "cost":
+                cheap = (
+                    f"{rec} is the cheapest of the tied strategies ({cost_text(eng, rec)}; "
+                    f"{top}: {cost_text(eng, top)})"
+                    if rec != top
+                    else f"{rec} is also the cheapest of them ({cost_text(eng, rec)})"
+                )
+            else:
+                cheap = (
+                    f"the tied strategies cost the same to two significant digits, and {rec} "
+                    + ("is the fastest" if why == "latency" else "comes first in the config")
+                    + f" ({cost_text(eng, rec)}, {latency_text(eng, rec)}; {other}: {cost_text(eng, other)}, "
+                    f"{latency_text(eng, other)})"
+                )
             d.detail = (
                 f"{top} ranks first ({by[top]['score']:.3f} vs {by[r2]['score']:.3f} for {r2}) but its lead "
                 f"is not significant (Holm-adjusted p = {padj:.3g}); {cheap}."
@@ -153,6 +167,23 @@ def tradeoff(eng: Engine, a: str, b: str) -> str:
             continue
         parts.append(f"{lc(measure(name).label)} {format_value(name, va)} vs {format_value(name, vb)}")
     return f"Cost side, {a} vs {b}: " + "; ".join(parts) + "." if parts else ""
+
+
+def tiebreak(eng: Engine, rec: str, others: list[str]) -> str:
+    """What made ``rec`` the pick among the tied ``others``, in ``Engine.cost_key``'s order: ``"cost"`` (cheaper
+    per 1,000 queries at two significant digits), ``"latency"`` (as cheap to that precision, lower p95) or
+    ``"order"`` (as cheap and as fast: first in the config). The text must name the one that decided:
+    "cheaper" beside $0.0105 vs $0.0104 (equal at two digits, the faster won) contradicts its own numbers."""
+    if not others:
+        return "cost"
+    mine, rival = eng.cost_key(rec), eng.cost_key(min(others, key=eng.cost_key))
+    if mine[0] != rival[0]:
+        return "cost"
+    return "latency" if mine[1] != rival[1] else "order"
+
+
+def latency_text(eng: Engine, sid: str) -> str:
+    return f"p95 latency {format_value('latency_p95_ms', eng.value(sid, 'latency_p95_ms'))}"
 
 
 def cost_text(eng: Engine, sid: str) -> str:

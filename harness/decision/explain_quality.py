@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.decision.explain import ci_text, cost_text, margin_text, points, tradeoff
+from harness.decision.explain import (
+    ci_text,
+    cost_text,
+    latency_text,
+    margin_text,
+    points,
+    tiebreak,
+    tradeoff,
+)
 from harness.decision.measures import format_value, measure
 
 if TYPE_CHECKING:
@@ -53,16 +61,24 @@ def explain_quality_first(eng: Engine, d: Decision) -> None:
         )
     elif d.reason == "tie" and rec != leader:
         c = eng.pair_table().get(rec, leader)
+        why = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
         head = (
             f"Recommendation: {rec} — tied with {leader} on {plabel} within {within} "
-            f"({val(rec)} vs {val(leader)}); cheaper"
+            f"({val(rec)} vs {val(leader)}); "
+            + {"cost": "cheaper", "latency": "as cheap and faster", "order": "as cheap and as fast"}[why]
         )
+        picked = {
+            "cost": f"Cheapest of the tied: {rec} ({cost_text(eng, rec)}; {leader}: {cost_text(eng, leader)}).",
+            "latency": f"The tied cost the same to two significant digits; the fastest: {rec} ("
+            f"{cost_text(eng, rec)}, {latency_text(eng, rec)}; {leader}: {cost_text(eng, leader)}, "
+            f"{latency_text(eng, leader)}).",
+            "order": f"The tied cost the same and answer as fast; first in the config: {rec}.",
+        }[why]
         detail = (
             f"{leader} has the best {plabel} ({val(leader)}) but {rec} is within {within} of it: {rec} − {leader} "
             f"= {points(p, eng.value(rec, p) - eng.value(leader, p))}, {cl}% lower bound "
             f"{points(p, (c or {}).get('low', float('nan')))}, and it is not significantly worse than any "
-            f"strategy within the constraints. Cheapest of the tied: {rec} ({cost_text(eng, rec)}; "
-            f"{leader}: {cost_text(eng, leader)})."
+            f"strategy within the constraints. {picked}"
         )
     else:
         runner = d.lead[0]
@@ -72,9 +88,15 @@ def explain_quality_first(eng: Engine, d: Decision) -> None:
             head = f"Recommendation: {rec} — best on {plabel} ({val(rec)}), significantly ahead of {ahead}"
         elif d.reason == "tie":
             others = _and([s for s in d.tie_set if s != rec])
+            why = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
             head = (
                 f"Recommendation: {rec} — best on {plabel} ({val(rec)}); tied within {within} with {others}, "
-                f"and {rec} is the cheapest"
+                f"and {rec} is "
+                + {
+                    "cost": "the cheapest",
+                    "latency": "as cheap and the fastest",
+                    "order": "as cheap and as fast",
+                }[why]
             )
         else:
             close = [c for c in d.lead if not c["significant"]]
