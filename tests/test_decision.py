@@ -170,7 +170,7 @@ def test_weighted_tie_broken_by_latency_says_faster_not_cheaper():
     ).decide()
     assert d.recommended == "qlora" and d.reason == "not_significant"
     assert d.headline == "No significant difference; prefer the faster at the same cost: qlora"
-    assert "cost the same to two significant digits, and qlora is the fastest" in d.detail
+    assert "qlora and rag cost the same to two significant digits, and qlora is the faster" in d.detail
     assert "p95 latency 120 ms" in d.detail and "cheapest" not in d.detail
 
 

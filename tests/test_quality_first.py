@@ -100,7 +100,8 @@ def test_a_tie_broken_by_latency_does_not_call_the_pick_cheaper():
     d = engine_from_arrays(data, "token_f1").decide()
     assert d.reason == "tie" and d.recommended == "b"
     assert d.headline.endswith("as cheap and faster") and "cheaper" not in d.headline
-    assert "the fastest: b ($0.0104 per 1,000 queries" in d.detail and "p95 latency 90 ms" in d.detail
+    assert "b and a cost the same to two significant digits; b is the faster ($0.0104 per 1,000" in d.detail
+    assert "p95 latency 90 ms" in d.detail and "a: $0.0101 per 1,000 queries" in d.detail
     assert "Cheapest" not in d.detail
     # Cheaper at two significant digits: the cost decides and the text says so.
     data["b"]["total_cost_per_1k_usd"] = 0.0090

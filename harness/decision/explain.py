@@ -97,13 +97,13 @@ def explain_weighted(eng: Engine, d: Decision) -> None:
                 f"{format_value(p, eng.value(r2, p))}."
             )
         else:
-            why = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
+            why, rival = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
             d.headline = {
                 "cost": f"No significant difference; prefer the cheaper: {rec}",
                 "latency": f"No significant difference; prefer the faster at the same cost: {rec}",
                 "order": f"No significant difference; same cost and latency, first in the config: {rec}",
             }[why]
-            other = top if rec != top else r2
+            other = rival or r2
             if why == "cost":
                 cheap = (
                     f"{rec} is the cheapest of the tied strategies ({cost_text(eng, rec)}; "
@@ -113,8 +113,8 @@ def explain_weighted(eng: Engine, d: Decision) -> None:
                 )
             else:
                 cheap = (
-                    f"the tied strategies cost the same to two significant digits, and {rec} "
-                    + ("is the fastest" if why == "latency" else "comes first in the config")
+                    f"{rec} and {other} cost the same to two significant digits, and {rec} "
+                    + ("is the faster" if why == "latency" else "comes first in the config")
                     + f" ({cost_text(eng, rec)}, {latency_text(eng, rec)}; {other}: {cost_text(eng, other)}, "
                     f"{latency_text(eng, other)})"
                 )
@@ -169,17 +169,19 @@ def tradeoff(eng: Engine, a: str, b: str) -> str:
     return f"Cost side, {a} vs {b}: " + "; ".join(parts) + "." if parts else ""
 
 
-def tiebreak(eng: Engine, rec: str, others: list[str]) -> str:
-    """What made ``rec`` the pick among the tied ``others``, in ``Engine.cost_key``'s order: ``"cost"`` (cheaper
-    per 1,000 queries at two significant digits), ``"latency"`` (as cheap to that precision, lower p95) or
-    ``"order"`` (as cheap and as fast: first in the config). The text must name the one that decided:
-    "cheaper" beside $0.0105 vs $0.0104 (equal at two digits, the faster won) contradicts its own numbers."""
+def tiebreak(eng: Engine, rec: str, others: list[str]) -> tuple[str, str | None]:
+    """``(what decided, the runner-up)`` for ``rec`` among the tied ``others``, in ``Engine.cost_key``'s order:
+    ``"cost"`` (cheaper per 1,000 queries at two significant digits), ``"latency"`` (as cheap to that
+    precision, lower p95) or ``"order"`` (as cheap and as fast: first in the config). The text must name the
+    one that decided: "cheaper" beside $0.0104 vs $0.0101 (equal at two digits, the faster won) contradicts
+    its own numbers."""
     if not others:
-        return "cost"
-    mine, rival = eng.cost_key(rec), eng.cost_key(min(others, key=eng.cost_key))
-    if mine[0] != rival[0]:
-        return "cost"
-    return "latency" if mine[1] != rival[1] else "order"
+        return "cost", None
+    rival = min(others, key=eng.cost_key)
+    mine, theirs = eng.cost_key(rec), eng.cost_key(rival)
+    if mine[0] != theirs[0]:
+        return "cost", rival
+    return ("latency" if mine[1] != theirs[1] else "order"), rival
 
 
 def latency_text(eng: Engine, sid: str) -> str:

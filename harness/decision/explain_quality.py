@@ -61,7 +61,8 @@ def explain_quality_first(eng: Engine, d: Decision) -> None:
         )
     elif d.reason == "tie" and rec != leader:
         c = eng.pair_table().get(rec, leader)
-        why = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
+        why, rival = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
+        rival = rival or leader
         head = (
             f"Recommendation: {rec} — tied with {leader} on {plabel} within {within} "
             f"({val(rec)} vs {val(leader)}); "
@@ -69,10 +70,10 @@ def explain_quality_first(eng: Engine, d: Decision) -> None:
         )
         picked = {
             "cost": f"Cheapest of the tied: {rec} ({cost_text(eng, rec)}; {leader}: {cost_text(eng, leader)}).",
-            "latency": f"The tied cost the same to two significant digits; the fastest: {rec} ("
-            f"{cost_text(eng, rec)}, {latency_text(eng, rec)}; {leader}: {cost_text(eng, leader)}, "
-            f"{latency_text(eng, leader)}).",
-            "order": f"The tied cost the same and answer as fast; first in the config: {rec}.",
+            "latency": f"{rec} and {rival} cost the same to two significant digits; {rec} is the faster ("
+            f"{cost_text(eng, rec)}, {latency_text(eng, rec)}; {rival}: {cost_text(eng, rival)}, "
+            f"{latency_text(eng, rival)}).",
+            "order": f"{rec} and {rival} cost the same and answer as fast; {rec} comes first in the config.",
         }[why]
         detail = (
             f"{leader} has the best {plabel} ({val(leader)}) but {rec} is within {within} of it: {rec} − {leader} "
@@ -88,7 +89,7 @@ def explain_quality_first(eng: Engine, d: Decision) -> None:
             head = f"Recommendation: {rec} — best on {plabel} ({val(rec)}), significantly ahead of {ahead}"
         elif d.reason == "tie":
             others = _and([s for s in d.tie_set if s != rec])
-            why = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
+            why, _ = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
             head = (
                 f"Recommendation: {rec} — best on {plabel} ({val(rec)}); tied within {within} with {others}, "
                 f"and {rec} is "
