@@ -64,26 +64,24 @@ def download(folder: Path) -> None:
     subprocess.run(cmd + list(WHEELS), check=True)
 
 
+def _dropped(path: str) -> bool:
+    """A bitsandbytes native library the machine cannot load."""
+    name = Path(path).name
+    return name.startswith("libbitsandbytes_") and name not in KEEP_BNB
+
+
 def slim_bitsandbytes(folder: Path) -> None:
     """Rewrite the bitsandbytes wheel without the native libraries the machine cannot load (RECORD too)."""
     (wheel,) = folder.glob("bitsandbytes-*.whl")
     tmp = wheel.with_suffix(".slim")
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
         for item in src.infolist():
-            name = Path(item.filename).name
-            if name.startswith("libbitsandbytes_") and name not in KEEP_BNB:
+            if _dropped(item.filename):
                 continue
             data = src.read(item)
             if item.filename.endswith(".dist-info/RECORD"):
                 lines = data.decode().splitlines()
-                data = "\n".join(
-                    line
-                    for line in lines
-                    if not (
-                        Path(line.split(",")[0]).name.startswith("libbitsandbytes_")
-                        and Path(line.split(",")[0]).name not in KEEP_BNB
-                    )
-                ).encode()
+                data = "\n".join(line for line in lines if not _dropped(line.split(",")[0])).encode()
             dst.writestr(item, data)
     tmp.replace(wheel)
 

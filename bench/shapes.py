@@ -67,10 +67,6 @@ def model_dir(shape: str) -> Path:
 
 def shape_tokenizer():  # -> a transformers tokenizer
     """The default model's tokenizer, or the saved one ``ADAPTBENCH_SHAPE_TOKENIZER`` names."""
-    from harness.backends.loading import cache_root, resolve_source
-    from harness.backends.loading import load_tokenizer as _load_tokenizer
-    from harness.config import ModelConfig
-
     folder = os.environ.get("ADAPTBENCH_SHAPE_TOKENIZER")
     if folder:
         from transformers import AutoTokenizer
@@ -78,6 +74,10 @@ def shape_tokenizer():  # -> a transformers tokenizer
         if not (Path(folder) / "tokenizer_config.json").is_file():
             raise SystemExit(f"ADAPTBENCH_SHAPE_TOKENIZER={folder}: no tokenizer_config.json there")
         return AutoTokenizer.from_pretrained(folder)
+    from harness.backends.loading import cache_root, resolve_source
+    from harness.backends.loading import load_tokenizer as _load_tokenizer
+    from harness.config import ModelConfig
+
     cfg = ModelConfig()
     source, _ = resolve_source(cfg, cache_root())
     return _load_tokenizer(source, cfg)
