@@ -97,13 +97,12 @@ def explain_weighted(eng: Engine, d: Decision) -> None:
                 f"{format_value(p, eng.value(r2, p))}."
             )
         else:
-            why, rival = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
+            why, rival = tiebreak(eng, rec, d.tie_set)
             d.headline = {
                 "cost": f"No significant difference; prefer the cheaper: {rec}",
                 "latency": f"No significant difference; prefer the faster at the same cost: {rec}",
                 "order": f"No significant difference; same cost and latency, first in the config: {rec}",
             }[why]
-            other = rival or r2
             if why == "cost":
                 cheap = (
                     f"{rec} is the cheapest of the tied strategies ({cost_text(eng, rec)}; "
@@ -113,10 +112,10 @@ def explain_weighted(eng: Engine, d: Decision) -> None:
                 )
             else:
                 cheap = (
-                    f"{rec} and {other} cost the same to two significant digits, and {rec} "
+                    f"{rec} and {rival} cost the same to two significant digits, and {rec} "
                     + ("is the faster" if why == "latency" else "comes first in the config")
-                    + f" ({cost_text(eng, rec)}, {latency_text(eng, rec)}; {other}: {cost_text(eng, other)}, "
-                    f"{latency_text(eng, other)})"
+                    + f" ({cost_text(eng, rec)}, {latency_text(eng, rec)}; {rival}: {cost_text(eng, rival)}, "
+                    f"{latency_text(eng, rival)})"
                 )
             d.detail = (
                 f"{top} ranks first ({by[top]['score']:.3f} vs {by[r2]['score']:.3f} for {r2}) but its lead "
@@ -169,12 +168,14 @@ def tradeoff(eng: Engine, a: str, b: str) -> str:
     return f"Cost side, {a} vs {b}: " + "; ".join(parts) + "." if parts else ""
 
 
-def tiebreak(eng: Engine, rec: str, others: list[str]) -> tuple[str, str | None]:
-    """``(what decided, the runner-up)`` for ``rec`` among the tied ``others``, in ``Engine.cost_key``'s order:
+def tiebreak(eng: Engine, rec: str, tied: list[str]) -> tuple[str, str | None]:
+    """``(what decided, the runner-up)`` for ``rec`` among the ``tied`` strategies (``rec`` among them or
+    not), in ``Engine.cost_key``'s order:
     ``"cost"`` (cheaper per 1,000 queries at two significant digits), ``"latency"`` (as cheap to that
     precision, lower p95) or ``"order"`` (as cheap and as fast: first in the config). The text must name the
     one that decided: "cheaper" beside $0.0104 vs $0.0101 (equal at two digits, the faster won) contradicts
     its own numbers."""
+    others = [s for s in tied if s != rec]
     if not others:
         return "cost", None
     rival = min(others, key=eng.cost_key)

@@ -61,8 +61,7 @@ def explain_quality_first(eng: Engine, d: Decision) -> None:
         )
     elif d.reason == "tie" and rec != leader:
         c = eng.pair_table().get(rec, leader)
-        why, rival = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
-        rival = rival or leader
+        why, rival = tiebreak(eng, rec, d.tie_set)  # the leader is tied: a runner-up exists
         head = (
             f"Recommendation: {rec} — tied with {leader} on {plabel} within {within} "
             f"({val(rec)} vs {val(leader)}); "
@@ -89,7 +88,7 @@ def explain_quality_first(eng: Engine, d: Decision) -> None:
             head = f"Recommendation: {rec} — best on {plabel} ({val(rec)}), significantly ahead of {ahead}"
         elif d.reason == "tie":
             others = _and([s for s in d.tie_set if s != rec])
-            why, _ = tiebreak(eng, rec, [s for s in d.tie_set if s != rec])
+            why, _ = tiebreak(eng, rec, d.tie_set)
             head = (
                 f"Recommendation: {rec} — best on {plabel} ({val(rec)}); tied within {within} with {others}, "
                 f"and {rec} is "
