@@ -3,6 +3,8 @@ wins; cost only decides among strategies tied with it within decision.margin; co
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -75,6 +77,11 @@ def test_tie_within_margin_prefers_the_cheaper():
     notes = sensitivity(eng0, d0)
     m = next(n for n in notes if n["kind"] == "margin")
     assert m["winner"] == "qlora" and 0 < m["threshold"] < 0.02
+    # Printed at two decimals of a point, rounded up (the statement "X or more" stays true), and the lower
+    # bound as the rationale prints it.
+    shown = float(re.search(r"decision\.margin were (\d+\.?\d{0,2}) points? or more", m["text"]).group(1))
+    assert 100 * m["threshold"] <= shown < 100 * m["threshold"] + 0.01
+    assert f"is -{100 * m['threshold']:.1f} points)." in m["text"]
     assert eng0.decide(margin=m["threshold"] * 1.01).recommended == "qlora"
 
 

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from harness.decision.engine import COST_KEY, Constraint, Decision, Engine, parse_constraint
-from harness.decision.explain import lc, margin_text
+from harness.decision.explain import lc, margin_text, points
 from harness.decision.measures import format_value, measure, natural_scale
 from harness.decision.weighted import default_weights, utility
 
@@ -161,6 +161,14 @@ def _scale(eng: Engine, name: str) -> tuple[float, float] | None:
     return natural_scale(name)
 
 
+def rounded_up(name: str, margin: float) -> float:
+    """A margin threshold at two decimals of a point, rounded up so "``X`` or more" stays true when printed
+    (5.93918 points reads 5.94); measures with units keep their value."""
+    if measure(name).unit != "":
+        return margin
+    return math.ceil(round(margin * 1e4, 6)) / 1e4
+
+
 def margin_flips(eng: Engine, base: Decision, constraints) -> list[dict[str, Any]]:
     """quality_first: the smallest larger ``decision.margin`` at which a cheaper strategy, not
     significantly worse than any feasible one, would tie with the leader and be recommended."""
@@ -184,9 +192,9 @@ def margin_flips(eng: Engine, base: Decision, constraints) -> list[dict[str, Any
                     "threshold": needed,
                     "winner": new.recommended,
                     "text": f"{new.recommended} would be recommended if decision.margin were "
-                    f"{margin_text(p, needed)} or more instead of {margin_text(p, base.margin)} "
+                    f"{margin_text(p, rounded_up(p, needed))} or more instead of {margin_text(p, base.margin)} "
                     f"(it is cheaper; the {int(round(100 * eng.cfg.confidence_level))}% lower bound of {s} − {base.top} on "
-                    f"{lc(measure(p).label)} is {margin_text(p, -needed)}).",
+                    f"{lc(measure(p).label)} is {points(p, -needed)}).",
                 }
             )
     out.sort(key=lambda n: n["threshold"])
