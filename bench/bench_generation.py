@@ -441,8 +441,9 @@ def main() -> None:
         with packed.suspended():
             unpacked_texts = harness_arm("harness+stop (packed linear off)", prefix=True)
         keep_packs = functools.partial(packed.suspended, release=False)  # no re-packing in the timing
-        single_ratios = single_arms(strategy, examples[: args.single], keep_packs, "packed", results)
-    if backend.decode_attention:
+        if args.single > 0:  # --single 0: the batched arms only
+            single_ratios = single_arms(strategy, examples[: args.single], keep_packs, "packed", results)
+    if backend.decode_attention and args.single > 0:
         attention = functools.partial(decode_attention.suspended, loaded.model)
         attention_ratios = single_arms(
             strategy, examples[: args.single], attention, "decode attention", results
@@ -474,12 +475,15 @@ def main() -> None:
         summary |= {
             "packed_on_vs_off_wall": results["harness+stop"]["seconds"]
             / results["harness+stop (packed linear off)"]["seconds"],
-            "single_packed_on_vs_off_wall": results["single requests (packed on)"]["seconds"]
-            / results["single requests (packed off)"]["seconds"],
-            "single_packed_on_vs_off_median": statistics.median(single_ratios),
             "identical_answers_packed_on_off": identical(stop_texts, unpacked_texts),
         }
-    if backend.decode_attention:
+        if args.single > 0:
+            summary |= {
+                "single_packed_on_vs_off_wall": results["single requests (packed on)"]["seconds"]
+                / results["single requests (packed off)"]["seconds"],
+                "single_packed_on_vs_off_median": statistics.median(single_ratios),
+            }
+    if backend.decode_attention and args.single > 0:
         summary |= {
             "single_attention_on_vs_off_wall": results["single requests (decode attention on)"]["seconds"]
             / results["single requests (decode attention off)"]["seconds"],
