@@ -209,7 +209,10 @@ def test_sensitivity_names_the_flipping_constraint_and_weight():
     notes = sensitivity(eng, d)
     lat = next(n for n in notes if n["kind"] == "constraint" and n["measure"] == "latency_p95_ms")
     assert lat["winner"] == "prompt" and lat["threshold"] == pytest.approx(120.0)
-    assert lat["text"].startswith("prompt would be recommended if p95 request latency had to be under 120 ms")
+    assert lat["text"] == (
+        "prompt would be recommended if p95 request latency had to be under qlora's 120 ms "
+        f"(prompt measures {format_value('latency_p95_ms', eng.value('prompt', 'latency_p95_ms'))})."
+    )
     mem = next(n for n in notes if n["kind"] == "constraint" and n["measure"] == "peak_memory_gb")
     assert mem["winner"] == "prompt"
     weight = next(n for n in notes if n["kind"] == "weight" and n["measure"] == "latency_p95_ms")
@@ -275,7 +278,7 @@ def test_sensitivity_ignores_jitter_below_display_precision():
     notes = sensitivity(eng, eng.decide())
     assert not any(n.get("measure") == "peak_memory_gb" for n in notes)
     lat = next(n for n in notes if n.get("measure") == "latency_p95_ms")
-    assert lat["winner"] == "b" and "under 100 ms" in lat["text"]
+    assert lat["winner"] == "b" and "under a's 100 ms (b measures 90 ms)" in lat["text"]
 
 
 def test_identical_strategies_are_a_tie_not_a_confident_win():

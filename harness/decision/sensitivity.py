@@ -50,8 +50,10 @@ def sensitivity(eng: Engine, base: Decision) -> list[dict[str, Any]]:
                         "measure": name,
                         "threshold": v,
                         "winner": new.recommended,
+                        # "under rag's 1,659 ms": the limit is rag's own value, which may lie just below the
+                        # printed number (a limit "< 1,659 ms" as printed could still admit rag).
                         "text": f"{new.recommended} would be recommended if {lc(m.label)} had to be {bound} "
-                        f"{format_value(name, v)} ({rec} measures {format_value(name, v)}, {new.recommended} {format_value(name, vn)}).",
+                        f"{rec}'s {format_value(name, v)} ({new.recommended} measures {format_value(name, vn)}).",
                     }
                 )
     for i, c in enumerate(constraints):  # relax constraints that exclude strategies
