@@ -114,8 +114,7 @@ def explain_weighted(eng: Engine, d: Decision) -> None:
                 cheap = (
                     f"{rec} and {rival} cost the same to two significant digits, and {rec} "
                     + ("is the faster" if why == "latency" else "comes first in the config")
-                    + f" ({cost_text(eng, rec)}, {latency_text(eng, rec)}; {rival}: {cost_text(eng, rival)}, "
-                    f"{latency_text(eng, rival)})"
+                    + f" ({costs_and_latencies(eng, rec, rival)})"
                 )
             d.detail = (
                 f"{top} ranks first ({by[top]['score']:.3f} vs {by[r2]['score']:.3f} for {r2}) but its lead "
@@ -185,8 +184,14 @@ def tiebreak(eng: Engine, rec: str, tied: list[str]) -> tuple[str, str | None]:
     return ("latency" if mine[1] != theirs[1] else "order"), rival
 
 
-def latency_text(eng: Engine, sid: str) -> str:
-    return f"p95 latency {format_value('latency_p95_ms', eng.value(sid, 'latency_p95_ms'))}"
+def costs_and_latencies(eng: Engine, a: str, b: str) -> str:
+    """``a``'s cost and p95 latency, then ``b``'s: the numbers a tie broken by latency or order rests on."""
+
+    def one(sid: str) -> str:
+        latency = format_value("latency_p95_ms", eng.value(sid, "latency_p95_ms"))
+        return f"{cost_text(eng, sid)}, p95 latency {latency}"
+
+    return f"{one(a)}; {b}: {one(b)}"
 
 
 def cost_text(eng: Engine, sid: str) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from harness.decision.explain import (
     ci_text,
     cost_text,
-    latency_text,
+    costs_and_latencies,
     margin_text,
     points,
     tiebreak,
@@ -70,8 +70,7 @@ def explain_quality_first(eng: Engine, d: Decision) -> None:
         picked = {
             "cost": f"Cheapest of the tied: {rec} ({cost_text(eng, rec)}; {leader}: {cost_text(eng, leader)}).",
             "latency": f"{rec} and {rival} cost the same to two significant digits; {rec} is the faster ("
-            f"{cost_text(eng, rec)}, {latency_text(eng, rec)}; {rival}: {cost_text(eng, rival)}, "
-            f"{latency_text(eng, rival)}).",
+            f"{costs_and_latencies(eng, rec, rival)}).",
             "order": f"{rec} and {rival} cost the same and answer as fast; {rec} comes first in the config.",
         }[why]
         detail = (
